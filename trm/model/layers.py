@@ -1,0 +1,188 @@
+"""Building blocks of the TRM network: init, casted linear/embedding, RoPE, attention, SwiGLU, post-norm block.
+
+Parameters are stored in float32 and cast to the activation dtype at use, so one set of weights serves
+float32, bfloat16 and float16 forwards. Attention runs flash-attn when it is importable and the tensors are
+CUDA bf16/fp16, else `torch.nn.functional.scaled_dot_product_attention` (CPU and everything else).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # optional CUDA kernels; never required
+    from flash_attn_interface import flash_attn_func as _flash_attn  # type: ignore[import-not-found]
+except ImportError:
+    try:
+        from flash_attn import flash_attn_func as _flash_attn  # type: ignore[import-not-found]
+    except ImportError:
+        _flash_attn = None
+
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def flash_available(x: torch.Tensor) -> bool:
+    """True when flash-attn is installed and `x` is a CUDA bf16/fp16 tensor."""
+    return _flash_attn is not None and x.is_cuda and x.dtype in FLASH_DTYPES
+
+
+@torch.no_grad()
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, bound: float = 2.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill `tensor` with a normal cut at +-bound standard deviations whose *resulting* std is `std`.
+
+    torch.nn.init.trunc_normal_ keeps the std of the untruncated normal; like JAX we scale the draw up by
+    1/sqrt(var of the standard normal truncated to [-bound, bound]) so the truncated samples have std `std`.
+    Sampling is by inverse CDF: u ~ U(erf(-b/sqrt2), erf(b/sqrt2)), x = sqrt2 * erfinv(u).
+    """
+    if std == 0:
+        return tensor.zero_()
+    z = math.erf(bound / math.sqrt(2.0))  # P(|N(0,1)| < bound)
+    pdf = math.exp(-0.5 * bound * bound) / math.sqrt(2.0 * math.pi)
+    unit_var = 1.0 - 2.0 * bound * pdf / z  # variance of N(0,1) truncated symmetrically at +-bound
+    scale = std / math.sqrt(unit_var)
+    work = tensor if tensor.dtype in (torch.float32, torch.float64) else torch.empty_like(tensor, dtype=torch.float32)
+    work.uniform_(-z, z, generator=generator).erfinv_().mul_(math.sqrt(2.0) * scale)
+    work.clamp_(-bound * scale, bound * scale)
+    if work is not tensor:
+        tensor.copy_(work)
+    return tensor
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weightless RMS norm over the last dim, computed in float32 and returned in x's dtype."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), eps=eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b); W [out, in] truncated normal with std 1/sqrt(in), b zero; cast to x's dtype."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(trunc_normal_(torch.empty(out_features, in_features), std=in_features ** -0.5))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        b = self.bias
+        if b is not None and b.dtype != x.dtype:
+            b = b.to(x.dtype)
+        return F.linear(x, w, b)
+
+
+class Embedding(nn.Module):
+    """Lookup table [num, dim] (`embedding_weight`), truncated normal with the given std, cast at use."""
+
+    def __init__(self, num: int, dim: int, std: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.embedding_weight = nn.Parameter(trunc_normal_(torch.empty(num, dim), std=std))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(self.dtype))
+
+    def table(self) -> torch.Tensor:
+        return self.embedding_weight.to(self.dtype)
+
+
+class Rotary(nn.Module):
+    """RoPE tables for `positions` positions: the half-size cos/sin of position * theta^(-2i/head_dim).
+
+    The full tables of the usual formulation are cat(freqs, freqs); we keep only one half since both halves
+    are equal, and rotate with x1*c - x2*s, x2*c + x1*s (the same numbers as rotate-half). Non-persistent.
+    """
+
+    def __init__(self, head_dim: int, positions: int, theta: float) -> None:
+        super().__init__()
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(positions, dtype=torch.float32), inv)  # [S, head_dim/2]
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, S, H, D] (any strides) by the half tables cos/sin [S, D/2]; math in float32."""
+    dtype = x.dtype
+    if dtype != cos.dtype:
+        x = x.to(cos.dtype)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head attention with a fused qkv projection and optional RoPE."""
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv_proj = Linear(hidden_size, 3 * hidden_size)
+        self.o_proj = Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        b, s, _ = x.shape
+        h = self.num_heads
+        qkv = self.qkv_proj(x).view(b, s, 3 * h, self.head_dim)
+        if rope is not None:
+            qk = apply_rope(qkv[:, :, : 2 * h], *rope)
+            q, k = qk[:, :, :h], qk[:, :, h:]
+        else:
+            q, k = qkv[:, :, :h], qkv[:, :, h: 2 * h]
+        v = qkv[:, :, 2 * h:]
+        if flash_available(q):
+            out = _flash_attn(q.contiguous(), k.contiguous(), v.contiguous(), causal=False)
+            if isinstance(out, tuple):  # some flash-attn versions also return the log-sum-exp
+                out = out[0]
+        else:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            out = out.transpose(1, 2)
+        return self.o_proj(out.reshape(b, s, h * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate) * up) with [gate; up] = gate_up_proj(x)."""
+
+    def __init__(self, hidden_size: int, inter: int) -> None:
+        super().__init__()
+        self.gate_up_proj = Linear(hidden_size, 2 * inter)
+        self.down_proj = Linear(inter, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
+
+    def __init__(self, hidden_size: int, num_heads: int, inter: int, eps: float) -> None:
+        super().__init__()
+        self.self_attn = Attention(hidden_size, num_heads)
+        self.mlp = SwiGLU(hidden_size, inter)
+        self.eps = eps
+
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        h = rms_norm(h + self.self_attn(h, rope), self.eps)
+        return rms_norm(h + self.mlp(h), self.eps)
+
+
+class Reasoner(nn.Module):
+    """The shared latent-update network f(h, x): the blocks applied in turn to h + x."""
+
+    def __init__(self, blocks: list[Block]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(blocks)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        h = h + x
+        for block in self.layers:
+            h = block(h, rope)
+        return h
