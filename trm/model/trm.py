@@ -52,6 +52,14 @@ class PuzzleEmbedding(nn.Module):
         self.register_buffer("local_weights", torch.zeros(batch_size, dim, requires_grad=True), persistent=False)
         self.register_buffer("local_ids", torch.zeros(batch_size, dtype=torch.int32), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to()/.cuda() would turn the grad-requiring buffer into a non-leaf copy; keep it an optimisable leaf.
+        out = super()._apply(fn, recurse)
+        local = self.local_weights
+        if not (local.is_leaf and local.requires_grad) and local.is_floating_point():
+            self.local_weights = local.detach().requires_grad_(True)
+        return out
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.weights[ids].to(self.dtype)
