@@ -1,0 +1,131 @@
+"""Parity of trm.model with the reference outputs in ../shared/reference-fixtures, and init statistics.
+
+    .venv/bin/python -m pytest -q tests/test_model_parity.py
+    TRM_TEST_DEVICE=cuda .venv/bin/python -m pytest -q tests/test_model_parity.py    # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from trm.model import TRM, LossHead, ModelConfig
+from trm.model.layers import trunc_normal_
+
+RETURN_KEYS = ("logits", "q_halt_logits", "q_continue_logits", "preds")
+INT_METRICS = ("count", "exact_accuracy", "q_halt_accuracy", "steps")
+
+
+def _device() -> torch.device:
+    name = os.environ.get("TRM_TEST_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"TRM_TEST_DEVICE={name} but CUDA is not available")
+    return torch.device(name)
+
+
+def _fixture_config(fixtures_dir) -> ModelConfig:
+    return ModelConfig.from_dict(json.loads((fixtures_dir / "config.json").read_text())["resolved_config"])
+
+
+def _load(fixtures_dir, name):
+    return torch.load(fixtures_dir / name, map_location="cpu", weights_only=True)
+
+
+def test_config_from_fixture_model_dict(fixtures_dir):
+    data = json.loads((fixtures_dir / "config.json").read_text())
+    from_model = ModelConfig.from_dict(data["model_config"])  # carries the extra `causal: false`
+    assert from_model == ModelConfig.from_dict(data["resolved_config"])
+    assert from_model.mlp_inter == 256 and from_model.total_len == 916
+
+
+def test_state_dict_keys_match_reference(fixtures_dir):
+    model = LossHead(TRM(_fixture_config(fixtures_dir)))
+    ours = model.state_dict()
+    ref = _load(fixtures_dir, "trm_tiny_state_dict.pt")
+    assert sorted(ours) == sorted(ref)
+    for key, value in ref.items():
+        assert ours[key].shape == value.shape and ours[key].dtype == value.dtype, key
+    buffers = dict(model.named_buffers())
+    assert "model.inner.puzzle_emb.weights" in buffers  # a buffer, not a parameter
+    assert "model.inner.puzzle_emb.weights" not in dict(model.named_parameters())
+    for hidden in ("model.inner.puzzle_emb.local_weights", "model.inner.puzzle_emb.local_ids"):
+        assert hidden in buffers and hidden not in ours
+
+
+def test_eval_parity_every_act_step(fixtures_dir):
+    device = _device()
+    model = LossHead(TRM(_fixture_config(fixtures_dir)))
+    model.load_state_dict(_load(fixtures_dir, "trm_tiny_state_dict.pt"), strict=True)
+    model.to(device).eval()
+    batch = {k: v.to(device) for k, v in _load(fixtures_dir, "trm_tiny_batch.pt").items()}
+    ref = _load(fixtures_dir, "trm_tiny_outputs.pt")
+
+    steps = []
+    with torch.inference_mode():
+        carry = model.initial_carry(batch)
+        while True:
+            carry, loss, metrics, outputs, all_halted = model(carry=carry, batch=batch, return_keys=RETURN_KEYS)
+            steps.append((loss.cpu(), {k: v.cpu() for k, v in metrics.items()}, {k: v.cpu() for k, v in outputs.items()},
+                          carry.halted.cpu(), carry.steps.cpu()))
+            if all_halted or len(steps) > 2 * ref["num_act_steps"]:
+                break
+    assert len(steps) == ref["num_act_steps"] == len(ref["per_step"])
+
+    for i, ((loss, metrics, outputs, halted, act_steps), want) in enumerate(zip(steps, ref["per_step"])):
+        for key in ("logits", "q_halt_logits", "q_continue_logits"):
+            torch.testing.assert_close(outputs[key], want[key], atol=1e-4, rtol=0, msg=lambda m: f"step {i} {key}: {m}")
+        assert torch.equal(outputs["preds"], want["preds"]), f"step {i}: preds differ"
+        assert loss.dtype == torch.float64
+        assert abs(loss.item() / want["loss"].item() - 1) < 1e-6, f"step {i}: loss {loss.item()} vs {want['loss'].item()}"
+        assert torch.equal(halted, want["halted"]) and torch.equal(act_steps, want["steps"]), f"step {i}: halting"
+        assert set(metrics) == set(want["metrics"])
+        for key, value in want["metrics"].items():
+            assert metrics[key].dtype == value.dtype, f"step {i} metric {key} dtype"
+            if key in INT_METRICS:
+                assert torch.equal(metrics[key], value), f"step {i} metric {key}: {metrics[key]} vs {value}"
+            else:
+                torch.testing.assert_close(metrics[key], value, rtol=1e-6, atol=1e-7, msg=lambda m: f"step {i} {key}: {m}")
+    final = steps[-1][2]
+    for key in RETURN_KEYS:
+        torch.testing.assert_close(final[key], ref[key], atol=1e-4, rtol=0)
+
+
+def test_init_statistics_match_reference(fixtures_dir):
+    """Each tensor's mean/std at init agrees with the reference init within sampling error (values differ)."""
+    ref = _load(fixtures_dir, "trm_tiny_state_dict_init.pt")
+    cfg = _fixture_config(fixtures_dir)
+    samples = []
+    for seed in range(4):  # average a few of our draws so our own sampling noise is small
+        torch.manual_seed(seed)
+        samples.append(LossHead(TRM(cfg)).state_dict())
+    for key, want in ref.items():
+        want = want.float()
+        ours = torch.stack([s[key].float() for s in samples])
+        if want.std() == 0:  # deterministic init: zeros, or the q_head constants
+            assert torch.equal(ours[0], want), key
+            continue
+        n = want.numel()
+        sigma = want.std().item()
+        ours_std = ours.flatten(1).std(dim=1).mean().item()
+        ours_mean = ours.flatten(1).mean(dim=1).mean().item()
+        # 5 standard errors of the difference of the two estimates
+        assert abs(ours_std - sigma) < 5 * sigma * math.sqrt(1 / (2 * n) + 1 / (8 * n)) + 1e-6, (key, ours_std, sigma)
+        assert abs(ours_mean - want.mean().item()) < 5 * sigma * math.sqrt(1 / n + 1 / (4 * n)), key
+        # both cut at 2 corrected std (2 * 1.1368 * std)
+        bound = 2 * 1.1369 * sigma * 1.15
+        assert ours.abs().max().item() < bound and want.abs().max().item() < bound, key
+
+
+def test_trunc_normal_has_requested_std():
+    gen = torch.Generator().manual_seed(0)
+    x = trunc_normal_(torch.empty(400_000), std=0.5, generator=gen)
+    assert abs(x.std().item() - 0.5) < 0.005
+    assert abs(x.mean().item()) < 0.005
+    corrected = 0.5 / math.sqrt(0.7737413)  # variance of N(0,1) truncated at +-2
+    assert x.abs().max().item() <= 2 * corrected + 1e-6
+    assert x.abs().max().item() > 2 * corrected * 0.99  # really reaches the cut
+    assert torch.count_nonzero(trunc_normal_(torch.empty(10), std=0.0)) == 0
