@@ -146,7 +146,19 @@ class SparseSignSGD(torch.optim.Optimizer):
             raise ValueError(f"SparseSignSGD: lr and weight_decay must be >= 0, got {lr}, {weight_decay}")
         self.embedding = embedding
         self.gather = gather
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         super().__init__([embedding.local_weights], dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        """Set aside this micro-batch's (ids, grads) and clear the local gradient (gradient accumulation:
+        the next micro-batch reuses the local rows for other ids). `step` uses what was collected."""
+        local = self.embedding.local_weights
+        if local.grad is None:
+            return
+        ids = self.embedding.local_ids.reshape(-1).to(torch.long).clone()
+        self._pending.append((ids, local.grad.reshape(ids.shape[0], -1).clone()))
+        local.grad = None
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -154,13 +166,14 @@ class SparseSignSGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        local = self.embedding.local_weights
-        if local.grad is None:
+        self.collect()
+        pending, self._pending = self._pending, []
+        if not pending:
             return loss
         group = self.param_groups[0]
         lr, wd = float(group["lr"]), float(group["weight_decay"])
-        ids = self.embedding.local_ids.reshape(-1).to(torch.long)
-        grads = local.grad.reshape(ids.shape[0], -1)
+        ids = torch.cat([p[0] for p in pending])
+        grads = torch.cat([p[1] for p in pending])
         if self.gather is not None:
             ids, grads = self.gather(ids, grads)
         rows, inverse = torch.unique(ids, return_inverse=True)
@@ -172,6 +185,7 @@ class SparseSignSGD(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        self._pending = []
         local = self.embedding.local_weights
         if local.grad is not None:
             if set_to_none:

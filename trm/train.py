@@ -1,0 +1,599 @@
+"""Train TRM on a built ARC dataset: one process, `torchrun` DDP (NCCL on GPUs, gloo on CPU), or `trm train`.
+
+    # one process (GPU when there is one, else CPU)
+    python -m trm.train preset=arc2-seed data_paths=[data/arc2concept-aug-1000] +run_name=try1
+    # the reference's seed command, as written, on 4 GPUs
+    torchrun --nproc-per-node 4 -m trm.train arch=trm data_paths="[data/arc2concept-aug-1000]" \
+        arch.L_layers=2 arch.H_cycles=3 arch.L_cycles=4 +run_name=pretrain_att_arc2concept_4 ema=True
+    # the same global batch of 768 on 2 smaller GPUs: 384 rows per rank in 4 micro-batches of 96
+    torchrun --nproc-per-node 2 -m trm.train preset=arc2-seed data_paths=[data/arc2] micro_batch_size=96
+    # a tiny CPU run (tests, laptops): 2 gloo processes
+    torchrun --nproc-per-node 2 -m trm.train preset=cpu-tiny data_paths=[data/tiny] run_dir=runs/tiny max_steps=50
+    trm train preset=cpu-tiny data_paths=[data/tiny] run_dir=runs/tiny wandb=off
+
+Config keys: see trm/config.py and docs/training.md. Run folder (`run_dir`, default runs/<run_name>):
+`metrics.jsonl` (one JSON object per step, with "step"), `checkpoints/step-N/` (unless checkpoint_path is
+set), `eval/step-N/` (metrics.json, submission.json). A run started again with the same command resumes from
+the newest complete checkpoint (`resume=False` starts over) and continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trm.checkpoint import Checkpoints
+from trm.config import TrainConfig, load_config
+from trm.optim import EMA, AdamATan2, SparseSignSGD, all_gather_rows, lr_factor
+
+METRIC_FILE = "metrics.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed set-up
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(cfg: TrainConfig) -> Dist:
+    """Initialise torch.distributed under torchrun (NCCL on CUDA, gloo on CPU) and pick the device."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is available")
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        local_rank, rank, world = 0, 0, 1
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _tree_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Flatten a carry (dataclass / dict of tensors) to {dotted path: tensor}."""
+    out: dict[str, torch.Tensor] = {}
+    if torch.is_tensor(obj):
+        out[prefix] = obj
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            out.update(_tree_tensors(getattr(obj, f.name), f"{prefix}{f.name}."))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_tree_tensors(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def carry_state(carry: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in _tree_tensors(carry).items()}
+
+
+def load_carry_state(carry: Any, state: dict[str, torch.Tensor]) -> None:
+    """Copy saved tensors into a freshly made carry of the same structure (in place)."""
+    tensors = _tree_tensors(carry)
+    if set(tensors) != set(state):
+        raise ValueError(f"checkpoint carry does not match the model: {sorted(set(tensors) ^ set(state))}")
+    for k, t in tensors.items():
+        if t.shape != state[k].shape:
+            raise ValueError(f"checkpoint carry {k}: shape {tuple(state[k].shape)} != {tuple(t.shape)} "
+                             "(global_batch_size, world size and micro_batch_size must match the saved run)")
+        t.copy_(state[k].to(t.device, t.dtype))
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state(),
+        "python": random.getstate(),
+        "act": generator.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    generator.set_state(state["act"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _split(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    if parts == 1:
+        return [batch]
+    chunks = {k: v.chunk(parts) for k, v in batch.items()}
+    return [{k: chunks[k][i] for k in batch} for i in range(parts)]
+
+
+class MetricLog:
+    """metrics.jsonl in the run folder (rank 0), plus W&B when configured."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume_step: int | None, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / METRIC_FILE
+        self.wandb = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate(resume_step)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self.handle = open(self.path, "a", encoding="utf-8")
+        self.wandb = _start_wandb(cfg, run_dir)
+
+    def _truncate(self, step: int) -> None:
+        """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.handle.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+
+def _start_wandb(cfg: TrainConfig, run_dir: Path):
+    if cfg.wandb == "off":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        if cfg.wandb == "on":
+            raise ValueError("wandb=on but the wandb package is not installed (pip install 'trm-pipeline[wandb]')")
+        return None
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(project=cfg.project_name, name=cfg.run_name, config=cfg.to_dict(), dir=str(run_dir),
+                      mode=mode, resume="allow", id=_wandb_id(cfg))
+
+
+def _wandb_id(cfg: TrainConfig) -> str:
+    text = f"{cfg.project_name}-{cfg.run_name}"
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:120]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, env: Dist):
+        from trm.data.loader import TestLoader, TrainLoader
+        from trm.model import TRM, LossHead, ModelConfig
+
+        self.cfg, self.env = cfg, env
+        world = env.world_size
+        if cfg.global_batch_size % world:
+            raise ValueError(f"global_batch_size ({cfg.global_batch_size}) must be divisible by the world size ({world})")
+        self.local_batch = cfg.global_batch_size // world
+        micro = cfg.micro_batch_size or self.local_batch
+        if self.local_batch % micro:
+            raise ValueError(f"micro_batch_size ({micro}) must divide the per-rank batch {self.local_batch} "
+                             f"(global_batch_size {cfg.global_batch_size} / {world} ranks)")
+        self.micro, self.accum = micro, self.local_batch // micro
+
+        self.train_loader = TrainLoader(cfg.data_paths, cfg.global_batch_size, rank=env.rank, world_size=world,
+                                        seed=cfg.seed, max_examples_per_puzzle=cfg.max_examples_per_puzzle)
+        meta = self.train_loader.metadata
+        self.metadata = meta
+        test_paths = cfg.data_paths_test or cfg.data_paths
+        self.test_paths = test_paths
+        self.test_loader_args = (test_paths, cfg.global_batch_size, env.rank, world)
+        self._TestLoader = TestLoader
+        self.total_steps = int(cfg.epochs * meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size)
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        # model: same init on every rank (seeded with rank 0's seed), then broadcast as the reference does
+        torch.manual_seed(cfg.seed)
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        arch = {k: v for k, v in dataclasses.asdict(cfg.arch).items() if k in fields}
+        self.model_config = ModelConfig(**{**arch, "batch_size": micro, "vocab_size": meta.vocab_size,
+                                           "seq_len": meta.seq_len,
+                                           "num_puzzle_identifiers": meta.num_puzzle_identifiers})
+        with torch.device(env.device):
+            model = LossHead(TRM(self.model_config), loss_type=cfg.arch.loss_type)
+        self.model = model
+        if cfg.load_checkpoint:
+            from trm.model import load_reference_checkpoint
+
+            load_reference_checkpoint(cfg.load_checkpoint, model=model, map_location=env.device)
+        if world > 1:
+            with torch.no_grad():
+                for t in list(model.parameters()) + list(model.buffers()):
+                    dist.broadcast(t, src=0)
+        self.forward = torch.compile(model) if cfg.compile else model
+        torch.manual_seed(cfg.seed + env.rank)
+
+        puzzle_emb = model.model.puzzle_emb
+        self.sparse = None
+        if self.model_config.puzzle_emb_ndim > 0:
+            self.sparse = SparseSignSGD(puzzle_emb, lr=0.0, weight_decay=cfg.puzzle_emb_weight_decay,
+                                        gather=all_gather_rows if world > 1 else None)
+        dense = [p for p in model.parameters() if p.requires_grad]
+        self.dense = AdamATan2(dense, lr=0.0, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.ema = EMA(model, cfg.ema_rate) if cfg.ema else None
+        self.generator = torch.Generator(device=env.device).manual_seed(cfg.seed + env.rank)
+
+        self.step = 0
+        self.position = None  # loader position of the next batch
+        self.carries: list | None = None
+        self.evaluated_through_epoch = 0
+
+        self.run_dir = Path(cfg.run_dir or os.path.join("runs", cfg.run_name or "run"))
+        if str(self.run_dir).startswith("s3:/"):
+            raise ValueError("run_dir must be a local folder; put checkpoints on S3 with checkpoint_path=s3://...")
+        self.checkpoints = Checkpoints(cfg.checkpoint_path or str(self.run_dir / "checkpoints"), keep_last=cfg.keep_last)
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        train_state = {
+            "step": self.step,
+            "epoch": self.position.epoch,
+            "position": {"epoch": self.position.epoch, "step": self.position.step},
+            "carries": [carry_state(c) for c in self.carries] if self.carries is not None else None,
+            "rng": rng_state(self.generator, self.env.device),
+            "evaluated_through_epoch": self.evaluated_through_epoch,
+            "world_size": self.env.world_size,
+        }
+        return train_state
+
+    def save(self, evaluated: bool) -> None:
+        """Rank 0 writes the step folder; the others wait (the carry/RNG are per rank: single-rank exact resume)."""
+        if self.env.world_size > 1:
+            states = [None] * self.env.world_size
+            dist.all_gather_object(states, self.state())
+        else:
+            states = [self.state()]
+        if self.env.main:
+            objects = {
+                "model.pt": self.model.state_dict(),
+                "optimizer.pt": {"dense": self.dense.state_dict(),
+                                  "sparse": self.sparse.state_dict() if self.sparse else None},
+                "train_state.pt": {**states[0], "ranks": states},
+            }
+            if self.ema is not None:
+                objects["ema.pt"] = self.ema.state_dict()
+            files = {}
+            first = self.cfg.data_paths[0]
+            for name, rel in (("identifiers.json", "identifiers.json"), ("dataset.json", "train/dataset.json")):
+                source = _local_file(first, rel)
+                if source is not None:
+                    files[name] = source
+            self.checkpoints.save(self.step, objects=objects, texts={"config.yaml": self.cfg.to_yaml()},
+                                  files=files, meta={"epoch": self.position.epoch, "world_size": self.env.world_size},
+                                  evaluated=evaluated)
+        if self.env.world_size > 1:
+            dist.barrier()
+
+    def restore(self) -> int | None:
+        """Load the newest complete checkpoint, if any; returns its step."""
+        where = self.checkpoints.latest() if self.cfg.resume else None
+        if where is None:
+            return None
+        from trm.data.loader import Position
+
+        data = self.checkpoints.load(where, names=None)
+        state = data["train_state.pt"]
+        self.model.load_state_dict(data["model.pt"])
+        self.dense.load_state_dict(data["optimizer.pt"]["dense"])
+        if self.ema is not None and "ema.pt" in data:
+            self.ema.load_state_dict(data["ema.pt"])
+        self.step = int(state["step"])
+        self.evaluated_through_epoch = int(state["evaluated_through_epoch"])
+        self.position = Position(epoch=state["position"]["epoch"], step=state["position"]["step"])
+        ranks = state.get("ranks") or [state]
+        mine = ranks[self.env.rank] if len(ranks) == self.env.world_size else None
+        if mine is not None:
+            set_rng_state(mine["rng"], self.generator, self.env.device)
+            self._saved_carries = mine["carries"]
+        else:  # another world size: carries restart empty (all-halted), RNG from the seed
+            self._saved_carries = None
+        return self.step
+
+    # -- training -------------------------------------------------------------------------------------------
+    def set_lr(self) -> float:
+        factor = lr_factor(self.step, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
+        for group in self.dense.param_groups:
+            group["lr"] = self.cfg.lr * factor
+        if self.sparse is not None:
+            for group in self.sparse.param_groups:
+                group["lr"] = self.cfg.puzzle_emb_lr * factor
+        return self.cfg.lr * factor
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        self.step += 1
+        device = self.env.device
+        micro_batches = [{k: v.to(device, non_blocking=True) for k, v in m.items()} for m in _split(batch, self.accum)]
+        if self.carries is None:
+            self.carries = [self.model.initial_carry(m) for m in micro_batches]
+            if getattr(self, "_saved_carries", None) is not None:
+                for carry, saved in zip(self.carries, self._saved_carries):
+                    load_carry_state(carry, saved)
+                self._saved_carries = None
+        totals: dict[str, torch.Tensor] = {}
+        for i, m in enumerate(micro_batches):
+            carry, loss, metrics, _, _ = self.forward(carry=self.carries[i], batch=m, return_keys=(),
+                                                      generator=self.generator)
+            self.carries[i] = carry
+            (loss / self.cfg.global_batch_size).backward()
+            if self.sparse is not None:
+                self.sparse.collect()
+            for k, v in metrics.items():
+                totals[k] = totals[k] + v.detach() if k in totals else v.detach().clone()
+        if self.env.world_size > 1:
+            grads = [p.grad for p in self.dense.param_groups[0]["params"] if p.grad is not None]
+            if grads:
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                dist.all_reduce(flat)
+                offset = 0
+                for g in grads:
+                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                    offset += g.numel()
+        lr = self.set_lr()
+        if self.sparse is not None:
+            self.sparse.step()
+            self.sparse.zero_grad()
+        self.dense.step()
+        self.dense.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+        keys = sorted(totals)
+        values = torch.stack([totals[k].to(torch.float64) for k in keys])
+        if self.env.world_size > 1:
+            dist.reduce(values, dst=0)
+        if not self.env.main:
+            return None
+        reduced = dict(zip(keys, values.cpu().tolist()))
+        count = max(reduced.get("count", 0.0), 1.0)
+        out = {f"train/{k}": v / (self.cfg.global_batch_size if k.endswith("loss") else count) for k, v in reduced.items()}
+        out["train/lr"] = lr
+        return out
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self) -> dict[str, float]:
+        env = self.env
+        model = self.model
+        if self.ema is not None:
+            model = self.ema.copy_to(copy.deepcopy(self.model))
+        was_training = model.training
+        model.eval()
+        try:
+            loader = self._TestLoader(*self.test_loader_args)
+        except (FileNotFoundError, ValueError) as err:
+            if env.main:
+                print(f"[trm.train] no evaluation: {err}", file=sys.stderr)
+            return {}
+        sums: dict[str, dict[str, torch.Tensor]] = {}
+        outputs: list[dict[str, np.ndarray]] = []
+        want_vote = bool(self.cfg.evaluators)
+        for set_name, batch, _n_valid in loader:
+            for m in _split(batch, max(1, math.ceil(batch["inputs"].shape[0] / self.micro))):
+                m = {k: v.to(env.device) for k, v in m.items()}
+                carry = model.initial_carry(m)
+                while True:
+                    carry, _loss, metrics, preds, done = model(carry=carry, batch=m,
+                                                               return_keys=("preds", "q_halt_logits"))
+                    if bool(done):
+                        break
+                acc = sums.setdefault(set_name, {})
+                for k, v in metrics.items():
+                    acc[k] = acc[k] + v.to(torch.float64) if k in acc else v.to(torch.float64).clone()
+                if want_vote:
+                    outputs.append({"puzzle_identifiers": m["puzzle_identifiers"].cpu().numpy(),
+                                    "inputs": m["inputs"].cpu().numpy(), "preds": preds["preds"].cpu().numpy(),
+                                    "q_halt_logits": preds["q_halt_logits"].float().cpu().numpy()})
+        if was_training:
+            model.train()
+        if env.world_size > 1:
+            gathered = [None] * env.world_size
+            dist.all_gather_object(gathered, ({s: {k: float(v) for k, v in m.items()} for s, m in sums.items()}, outputs))
+        else:
+            gathered = [({s: {k: float(v) for k, v in m.items()} for s, m in sums.items()}, outputs)]
+        if not env.main:
+            return {}
+        result: dict[str, float] = {}
+        merged: dict[str, dict[str, float]] = {}
+        for rank_sums, _ in gathered:
+            for s, m in rank_sums.items():
+                for k, v in m.items():
+                    merged.setdefault(s, {}).setdefault(k, 0.0)
+                    merged[s][k] += v
+        for s, m in merged.items():
+            count = max(m.pop("count", 0.0), 1.0)
+            result.update({f"{s}/{k}": v / count for k, v in m.items()})
+        if want_vote:
+            result.update(self._vote([o for _, o in gathered]))
+        return result
+
+    def _vote(self, per_rank: list[list[dict[str, np.ndarray]]]) -> dict[str, float]:
+        try:
+            from trm.evaluation.vote import Voter
+        except ImportError:
+            return {}
+        voter = Voter.from_dataset(self.test_paths[0])
+        # dataset order: batch by batch, rank by rank within a batch
+        for i in range(max((len(o) for o in per_rank), default=0)):
+            for outs in per_rank:
+                if i < len(outs):
+                    o = outs[i]
+                    voter.add(o["puzzle_identifiers"], o["inputs"], o["preds"], o["q_halt_logits"])
+        vote = voter.result()
+        out_dir = self.run_dir / "eval" / f"step-{self.step}"
+        try:
+            from trm.evaluation.vote import load_dataset_files, write_results
+
+            test_puzzles, _ = load_dataset_files(self.test_paths[0])
+            write_results(vote, test_puzzles, out_dir, title=f"TRM evaluation, step {self.step}")
+        except ImportError:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(out_dir / "metrics.json", vote.metrics)
+            _write_json(out_dir / "submission.json", vote.submission)
+        return {k: float(v) for k, v in vote.metrics.items()}
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg, env = self.cfg, self.env
+        resumed = self.restore()
+        log = MetricLog(cfg, self.run_dir, resumed, enabled=env.main)
+        bar = None
+        if env.main and cfg.progress:
+            import tqdm
+
+            bar = tqdm.tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        if env.main:
+            n_params = sum(p.numel() for p in self.model.parameters())
+            where = f"resumed from step {resumed}" if resumed is not None else "from scratch"
+            print(f"[trm.train] {where}: {n_params} parameters, {self.total_steps} steps, world {env.world_size}, "
+                  f"device {env.device}, {self.accum} micro-batch(es) of {self.micro} per rank", file=sys.stderr)
+        model_training = self.model.train
+        model_training()
+        start = self.position
+        try:
+            for position, batch in self.train_loader.iterate(start=start) if start is not None else self.train_loader.iterate():
+                if self.step >= self.total_steps or (self.position is not None and self.position.epoch >= cfg.epochs):
+                    break
+                batch_epoch = self.position.epoch if self.position is not None else 0
+                metrics = self.train_step(batch)
+                self.position = position
+                if env.main and metrics is not None:
+                    log.log(self.step, metrics)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{metrics.get('train/lm_loss', 0):.4f}",
+                                        acc=f"{metrics.get('train/accuracy', 0):.3f}")
+                finished_epoch = position.epoch > batch_epoch
+                done = self.step >= self.total_steps or position.epoch >= cfg.epochs
+                evaluated = False
+                if self._eval_due(position.epoch, finished_epoch) or (done and self.evaluated_through_epoch < position.epoch):
+                    self.evaluated_through_epoch = position.epoch
+                    eval_metrics = self.evaluate()
+                    self.model.train()
+                    if env.main and eval_metrics:
+                        log.log(self.step, eval_metrics)
+                        if bar is not None:
+                            bar.write(f"[step {self.step}] " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
+                    evaluated = True
+                if (evaluated and (cfg.checkpoint_every_eval or done)) or (
+                    cfg.checkpoint_every_n_steps and self.step % cfg.checkpoint_every_n_steps == 0):
+                    self.save(evaluated=evaluated)
+                if done:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+
+    def _eval_due(self, epoch: int, finished_epoch: bool) -> bool:
+        interval = self.cfg.eval_interval or self.cfg.epochs
+        if not finished_epoch or epoch % interval:
+            return False
+        return epoch // interval - 1 >= self.cfg.min_eval_interval
+
+
+def _local_file(path: str, rel: str) -> Path | None:
+    if str(path).startswith("s3://"):
+        try:
+            from trm.storage import localize
+
+            return Path(localize(f"{str(path).rstrip('/')}/{rel}"))
+        except (ImportError, FileNotFoundError):
+            return None
+    candidate = Path(path) / rel
+    return candidate if candidate.is_file() else None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    cfg = load_config(argv)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    env = setup_distributed(cfg)
+    try:
+        if cfg.run_name is None:
+            cfg.run_name = f"trm-{time.strftime('%Y%m%d-%H%M%S')}"
+            if env.world_size > 1:  # every rank must use the same name
+                names = [cfg.run_name]
+                dist.broadcast_object_list(names, src=0)
+                cfg.run_name = names[0]
+        if cfg.project_name is None:
+            cfg.project_name = f"{Path(cfg.data_paths[0].rstrip('/')).name.capitalize()}-ACT-torch"
+        random.seed(cfg.seed + env.rank)
+        np.random.seed(cfg.seed + env.rank)
+        Trainer(cfg, env).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
