@@ -1,0 +1,11 @@
+"""Thin KFP v2 components over `trm`, one module per step (see docs/pipeline.md).
+
+    from components.check import check_params                  # 0. check parameters and S3; the run root
+    from components.build_dataset import build_dataset         # 1. augmented dataset -> <run>/dataset/
+    from components.train import train, train_pytorchjob       # 2. torchrun in the pod, or a PyTorchJob
+    from components.evaluate import evaluate                   # 3. vote, report -> <run>/eval/step-N/
+    from components.export_submission import export_submission # 4. validated <run>/submission.json
+
+Each `@dsl.component` body only imports and calls the module's `run(...)`, a plain function that tests call
+directly (or through the component's `.python_func`). Images come from `components.settings`.
+"""

