@@ -261,14 +261,16 @@ class EmbeddedS3:
         raise TimeoutError(f"weed mini did not answer S3 on {self.endpoint} within {self.startup_timeout:.0f}s "
                            f"(last error: {last}); log {self.log_path}:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after `timeout` seconds). Data stays in data_dir."""
+    def stop(self, timeout: float = 20.0, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after `timeout` seconds; kill=True: SIGKILL at once, a crash).
+
+        Data stays in data_dir."""
         pid = self.pid
         if pid is None:
             return
         if self._proc is not None:
             if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGTERM)
+                self._proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
                 try:
                     self._proc.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -280,9 +282,9 @@ class EmbeddedS3:
         self._pid = None
         _LIVE.discard(self)
 
-    def restart(self) -> "EmbeddedS3":
-        """Stop and start again on the same ports with the same data."""
-        self.stop()
+    def restart(self, kill: bool = False) -> "EmbeddedS3":
+        """Stop (kill=True: SIGKILL, like a crash) and start again on the same ports with the same data."""
+        self.stop(kill=kill)
         return self.start()
 
     def __enter__(self) -> "EmbeddedS3":

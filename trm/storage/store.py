@@ -513,7 +513,7 @@ def publish(local_dir: str | os.PathLike, dest: str | os.PathLike, store: S3Stor
     dest_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest_path.with_name(f".{dest_path.name}.part-{uuid.uuid4().hex[:8]}")
     try:
-        shutil.copytree(local_dir, tmp, symlinks=False)
+        shutil.copytree(local_dir, tmp, symlinks=False, copy_function=shutil.copy2)
         _swap_in(tmp, dest_path)
     finally:
         if tmp.exists():
