@@ -33,7 +33,8 @@ TRAINER_IMAGE = trainer_image()
 
 # Kubernetes secrets that the pipeline's pods read as environment variables (fixed when compiling).
 # The S3 keys: the secret every KFP install has for its own artifact store (keys `accesskey`/`secretkey`).
-S3_SECRET = "mlpipeline-minio-artifact"
+# TRM_S3_SECRET=trm-s3 when compiling for manifests/overlays/standalone (its own MinIO, same keys).
+S3_SECRET = os.environ.get("TRM_S3_SECRET") or "mlpipeline-minio-artifact"
 S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 # W&B: optional; without it the trainer logs offline.
 WANDB_SECRET = "trm-wandb"
