@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["preset=cpu-tiny", "global_batch_size=8", "num_threads=1", "progress=False", "wandb=off"]
+BASE = ["preset=cpu-tiny", "global_batch_size=8", "micro_batch_size=null", "num_threads=1", "progress=False", "wandb=off"]
 
 
 def _env() -> dict[str, str]:

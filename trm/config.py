@@ -197,6 +197,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "forward_dtype": "float32",
         },
         "global_batch_size": 32,
+        "micro_batch_size": 8,  # on CPU 4 x 8 rows is ~4x faster than one forward of 32 (attention memory)
         "lr": 3e-3,
         "lr_warmup_steps": 20,
         "puzzle_emb_lr": 3e-2,
