@@ -143,6 +143,13 @@ class EmbeddedS3:
         self.ports = dict(zip(PORT_NAMES, others))
         if wanted is not None:
             self.ports["s3"] = wanted
+        # weed's built-in worker dials the admin gRPC port as admin port + 10000 whatever -admin.port.grpc says,
+        # so keep that pair consistent (both free, on loopback).
+        for _ in range(200):
+            admin = free_ports(1, avoid=set(self.ports.values()))[0]
+            if admin + 10000 < 65536 and port_free(admin + 10000) and admin + 10000 not in self.ports.values():
+                self.ports["admin"], self.ports["admin.grpc"] = admin, admin + 10000
+                break
 
     def command(self) -> list[str]:
         p = self.ports
@@ -156,7 +163,7 @@ class EmbeddedS3:
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}", "-admin.ui=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.telemetry=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0", "-webdav=false", "-master.telemetry=false",
             f"-s3.config={self.data_dir / 'conf' / 's3.json'}",
         ]
 
@@ -385,14 +392,21 @@ def ensure_running(home: Path | None = None, port: int | None = None) -> Embedde
         return server
     root = home / "s3"
     old = read_state(home) or {}
-    if port is None:
+    preferred = port is None  # we pick: the previous port, else 8333, else any free one
+    if preferred:
         previous = old.get("ports", {}).get("s3")
         for candidate in (previous, DEFAULT_PORT):
             if candidate and port_free(int(candidate)):
                 port = int(candidate)
                 break
     server = EmbeddedS3(root, port=port)
-    server.start(detach=True)
+    try:
+        server.start(detach=True)
+    except (OSError, RuntimeError, TimeoutError):
+        if not preferred or port is None:
+            raise
+        server = EmbeddedS3(root)  # the preferred port was taken meanwhile: any free one will do
+        server.start(detach=True)
     path = state_path(home)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
