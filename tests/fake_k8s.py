@@ -226,12 +226,15 @@ class _Handler(BaseHTTPRequestHandler):
             if pod is None:
                 return self._send(404, _status(404, "NotFound", f'pods "{pod_name}" not found'))
             state = pod["status"]["containerStatuses"][0]["state"]
-            if "waiting" in state:
+            if "waiting" in state and query.get("previous", "").lower() != "true":
                 return self._send(400, _status(400, "BadRequest", f'container "pytorch" in pod "{pod_name}" is '
                                                                   "waiting to start"))
             if query.get("container") not in (None, "pytorch"):
                 return self._send(400, _status(400, "BadRequest", "no such container"))
-            text = fake.logs.get(fake.restarts, "")
+            run = fake.restarts - 1 if query.get("previous", "").lower() == "true" else fake.restarts
+            if run < 0:
+                return self._send(400, _status(400, "BadRequest", "previous terminated container not found"))
+            text = fake.logs.get(run, "")
         self._send(200, text.encode(), "text/plain")
 
     def do_GET(self) -> None:

@@ -113,12 +113,13 @@ class LogFollower(threading.Thread):
                     return pod, status
         return None, None
 
-    def _stream(self, pod, key: tuple[str, int]) -> int:
+    def _stream(self, pod, key: tuple[str, int], previous: bool = False) -> int:
         """Write the log from byte `sent[key]` on; returns the new byte count."""
         skip = self.sent.get(key, 0)
         seen = 0
         response = self.core.read_namespaced_pod_log(pod.metadata.name, self.namespace, container=CONTAINER,
-                                                     follow=True, _preload_content=False)
+                                                     follow=not previous, previous=previous,
+                                                     _preload_content=False)
         try:
             for chunk in response.stream(8192):
                 start = max(0, skip - seen)
@@ -130,33 +131,46 @@ class LogFollower(threading.Thread):
             response.release_conn()
         return max(seen, skip)
 
+    def _step(self) -> bool:
+        """One look at the master container; True when log bytes were written."""
+        pod, status = self._container()
+        if status is None:
+            return False
+        restarts = status.restart_count or 0
+        uid = pod.metadata.uid
+        wrote = False
+        # the run before a restart that we did not see to its end: the kubelet keeps its log as "previous"
+        if restarts and (uid, restarts - 1) not in self.done:
+            before = self.sent.get((uid, restarts - 1), 0)
+            self.sent[(uid, restarts - 1)] = self._stream(pod, (uid, restarts - 1), previous=True)
+            self.done.add((uid, restarts - 1))
+            wrote = self.sent[(uid, restarts - 1)] > before
+        state = status.state
+        key = (uid, restarts)
+        if state is None or not (state.running or state.terminated) or key in self.done:
+            return wrote
+        before = self.sent.get(key, 0)
+        self.sent[key] = self._stream(pod, key)
+        pod_after, status_after = self._container()
+        if (status_after is None or pod_after.metadata.uid != uid or (status_after.restart_count or 0) != restarts
+                or (status_after.state is not None and status_after.state.terminated is not None)):
+            self.done.add(key)
+        return wrote or self.sent[key] > before
+
     def run(self) -> None:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        while not self.stop.is_set():
+        while True:
+            final = self.stop.is_set()  # after the job ended: one more pass for the last lines, then stop
             try:
-                pod, status = self._container()
-                state = status.state if status else None
-                if state is None or not (state.running or state.terminated):
-                    self.stop.wait(self.poll)
-                    continue
-                key = (pod.metadata.uid, status.restart_count or 0)
-                if key in self.done:
-                    self.stop.wait(self.poll)
-                    continue
-                before = self.sent.get(key, 0)
-                self.sent[key] = self._stream(pod, key)
-                pod_after, status_after = self._container()
-                ended = (status_after is None or pod_after.metadata.uid != key[0]
-                         or (status_after.restart_count or 0) != key[1]
-                         or (status_after.state is not None and status_after.state.terminated is not None))
-                if ended:
-                    self.done.add(key)
-                elif self.sent[key] == before:
-                    self.stop.wait(self.poll)  # the stream closed with nothing new: do not spin
+                wrote = self._step()
             except (ApiException, HTTPError, OSError):
-                self.stop.wait(self.poll)  # pod gone, container not started yet, connection dropped
+                wrote = False  # pod gone, container not started yet, connection dropped
+            if final:
+                return
+            if not wrote:
+                self.stop.wait(self.poll)
 
 
 def delete_job(api_client, name: str, namespace: str) -> bool:
@@ -249,7 +263,7 @@ def follow(api_client, name: str, namespace: str, *, timeout: float | None = Non
         if follower:
             follower.stop.set()
             # a finished container closes its stream by itself; give it a moment to deliver the last lines
-            follower.join(timeout=min(10.0, 3 * poll_interval) if result and result.state in TERMINAL else 0.5)
+            follower.join(timeout=30.0 if result and result.state in TERMINAL else 1.0)
     return result
 
 
