@@ -70,6 +70,16 @@ def variant_name(task_id: str, tid: int, mapping: np.ndarray) -> str:
     return f"{task_id}{SEP}t{int(tid)}{SEP}{''.join(str(int(x)) for x in mapping)}"
 
 
+def variant_names(task_id: str, tids: np.ndarray, mappings: np.ndarray) -> list[str]:
+    """`variant_name` for many variants at once (the same strings, faster)."""
+    digits = (np.asarray(mappings, dtype=np.uint8) + ord("0")).tobytes().decode("ascii")
+    identity = np.all(np.asarray(mappings) == IDENTITY, axis=1) & (np.asarray(tids) == 0)
+    return [
+        task_id if same else f"{task_id}{SEP}t{t}{SEP}{digits[10 * i:10 * i + 10]}"
+        for i, (t, same) in enumerate(zip(np.asarray(tids).tolist(), identity.tolist()))
+    ]
+
+
 def parse_variant_name(name: str) -> tuple[str, int, np.ndarray]:
     """name -> (task id, transform id, colour mapping); a name without `|||` is the original task."""
     if SEP not in name:
@@ -241,34 +251,39 @@ def plan_variants(examples: list, num_aug: int, rng: np.random.Generator) -> tup
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering many variants of one task into token rows.
 
-_STAGE = MAX_GRID + 1  # a 31x31 staging canvas: an EOS edge that falls off the 30x30 canvas lands in row/col 30
-
 
 class TaskLayout:
-    """The EOS-edged cells of every example under every transform, for fast rendering of variants."""
+    """The cells of every example under every transform, for fast rendering of variants.
+
+    Per (side, transform, example): flat canvas positions and tokens of the grid at offset (0, 0), and the
+    positions of its EOS row (kept when r + h < 30) and EOS column (kept when c + w < 30).
+    """
 
     def __init__(self, examples: list[tuple[np.ndarray, np.ndarray | None]]):
         self.n = len(examples)
-        # cells[side][tid][e] = (flat positions in the 31x31 stage at offset (0,0), raw tokens)
-        self.cells = [[[None] * self.n for _ in range(NUM_TRANSFORMS)] for _ in range(2)]
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0)
+        self.cells = [[[empty] * self.n for _ in range(NUM_TRANSFORMS)] for _ in range(2)]
         self.extent = np.zeros((NUM_TRANSFORMS, max(self.n, 1), 2), dtype=np.int64)  # max(h), max(w) of the pair
         for e, pair in enumerate(examples):
+            for side, grid in enumerate(pair):
+                if grid is None:
+                    continue
+                h0, w0 = grid.shape
+                rows, cols = np.divmod(np.arange(h0 * w0, dtype=np.int64), w0)
+                tokens = grid.reshape(-1) + COLOUR0
+                for tid in range(NUM_TRANSFORMS):
+                    # where source cell (i, j) lands under the transform, without materialising the grid
+                    tr, tc = _transform_coords(rows, cols, h0, w0, tid)
+                    h, w = (w0, h0) if tid in (1, 3, 6, 7) else (h0, w0)
+                    order = np.argsort(tr * MAX_GRID + tc, kind="stable")  # row-major writes
+                    pos = (tr * MAX_GRID + tc)[order]
+                    eos_row = h * MAX_GRID + np.arange(w, dtype=np.int64)
+                    eos_col = np.arange(h, dtype=np.int64) * MAX_GRID + w
+                    self.cells[side][tid][e] = (pos, tokens[order], eos_row, eos_col, h, w)
             for tid in range(NUM_TRANSFORMS):
-                hmax = wmax = 0
-                for side, grid in enumerate(pair):
-                    if grid is None:
-                        self.cells[side][tid][e] = (np.zeros(0, np.int64), np.zeros(0, np.uint8))
-                        continue
-                    g = dihedral(grid, tid)
-                    h, w = g.shape
-                    hmax, wmax = max(hmax, h), max(wmax, w)
-                    stage = np.zeros((h + 1, w + 1), dtype=np.uint8)
-                    stage[:h, :w] = g + COLOUR0
-                    stage[h, :w] = EOS
-                    stage[:h, w] = EOS
-                    rr, cc = np.nonzero(stage)
-                    self.cells[side][tid][e] = ((rr * _STAGE + cc).astype(np.int64), stage[rr, cc])
-                self.extent[tid, e] = (hmax, wmax)
+                hs = [self.cells[side][tid][e][4] for side in range(2)]
+                ws = [self.cells[side][tid][e][5] for side in range(2)]
+                self.extent[tid, e] = (max(hs), max(ws))
 
     def draw_offsets(self, tids: np.ndarray, rng: np.random.Generator, translate: bool) -> np.ndarray:
         """[V, E, 2] offsets: uniform over the canvas, except one random example per variant at (0, 0)."""
@@ -288,16 +303,42 @@ class TaskLayout:
         rows = v * self.n
         result = []
         base = (np.arange(v, dtype=np.int64) * self.n)[:, None] + np.arange(self.n)[None, :]  # [V, E] row ids
-        shift = offsets[..., 0] * _STAGE + offsets[..., 1] + base * (_STAGE * _STAGE)  # [V, E]
+        shift = offsets[..., 0] * MAX_GRID + offsets[..., 1] + base * SEQ_LEN  # [V, E]
+        groups = [(tid, np.flatnonzero(tids == tid)) for tid in np.unique(tids).tolist()]
         for side in range(2):
-            stage = np.zeros(rows * _STAGE * _STAGE, dtype=np.uint8)
-            for tid in np.unique(tids).tolist():
-                sel = np.flatnonzero(tids == tid)
+            out = np.zeros(rows * SEQ_LEN, dtype=np.uint8)
+            for tid, sel in groups:
                 lut = luts[sel]  # [v_t, 12]
                 for e in range(self.n):
-                    pos, tok = self.cells[side][tid][e]
+                    pos, tok, eos_row, eos_col, h, w = self.cells[side][tid][e]
                     if pos.size == 0:
                         continue
-                    stage[shift[sel, e][:, None] + pos[None, :]] = lut[:, tok]
-            result.append(stage.reshape(rows, _STAGE, _STAGE)[:, :MAX_GRID, :MAX_GRID].reshape(rows, SEQ_LEN))
+                    at = shift[sel, e]
+                    out[at[:, None] + pos[None, :]] = lut[:, tok]
+                    keep = at[offsets[sel, e, 0] + h < MAX_GRID]
+                    out[keep[:, None] + eos_row[None, :]] = EOS
+                    keep = at[offsets[sel, e, 1] + w < MAX_GRID]
+                    out[keep[:, None] + eos_col[None, :]] = EOS
+            result.append(out.reshape(rows, SEQ_LEN))
         return result[0], result[1]
+
+
+def _transform_coords(rows: np.ndarray, cols: np.ndarray, h: int, w: int, tid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where cell (row, col) of an h x w grid lands under `dihedral(., tid)`."""
+    if tid == 0:
+        return rows, cols
+    if tid == 1:  # rot90 ccw: (i, j) -> (w-1-j, i)
+        return w - 1 - cols, rows
+    if tid == 2:
+        return h - 1 - rows, w - 1 - cols
+    if tid == 3:  # rot270: (i, j) -> (j, h-1-i)
+        return cols, h - 1 - rows
+    if tid == 4:
+        return rows, w - 1 - cols
+    if tid == 5:
+        return h - 1 - rows, cols
+    if tid == 6:
+        return cols, rows
+    if tid == 7:  # lr-flip of rot90: (i, j) -> (w-1-j, h-1-i)
+        return w - 1 - cols, h - 1 - rows
+    raise ValueError(f"dihedral transform id must be 0..7, got {tid}")
