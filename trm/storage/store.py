@@ -373,9 +373,8 @@ class S3Store:
         bucket, key = parse_s3(uri)
         if not key:
             raise ValueError(f"upload: {uri!r} names a bucket; give a folder under it")
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file() and not p.is_symlink()
-                       or (p.is_symlink() and p.resolve().is_file()))
-        files = [p for p in files if p.relative_to(local_dir).as_posix() != COMPLETE]
+        files = sorted(p for p in local_dir.rglob("*")
+                       if p.is_file() and p.relative_to(local_dir).as_posix() != COMPLETE)
         self._ensure_bucket_once(bucket)
         self.delete(join(uri, COMPLETE))
         self._map(lambda p: self.upload_file(p, join(uri, p.relative_to(local_dir).as_posix())), files)
