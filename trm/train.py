@@ -277,10 +277,17 @@ class Trainer:
         self.carries: list | None = None
         self.evaluated_through_epoch = 0
 
-        self.run_dir = Path(cfg.run_dir or os.path.join("runs", cfg.run_name or "run"))
-        if str(self.run_dir).startswith("s3:/"):
-            raise ValueError("run_dir must be a local folder; put checkpoints on S3 with checkpoint_path=s3://...")
-        self.checkpoints = Checkpoints(cfg.checkpoint_path or str(self.run_dir / "checkpoints"), keep_last=cfg.keep_last)
+        # run folder: local, or an s3:// prefix mirrored in a local folder and uploaded at evaluations/saves
+        self.run_uri = (cfg.run_dir or os.path.join("runs", cfg.run_name or "run")).rstrip("/")
+        self.remote_run = self.run_uri.startswith("s3://")
+        if self.remote_run:
+            from trm.storage import trm_home
+
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.run_uri[5:])
+            self.run_dir = trm_home() / "runs" / safe
+        else:
+            self.run_dir = Path(self.run_uri)
+        self.checkpoints = Checkpoints(cfg.checkpoint_path or f"{self.run_uri}/checkpoints", keep_last=cfg.keep_last)
 
     # -- state ----------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -490,10 +497,40 @@ class Trainer:
             _write_json(out_dir / "submission.json", vote.submission)
         return {k: float(v) for k, v in vote.metrics.items()}
 
+    # -- the run folder on S3 ---------------------------------------------------------------------------------
+    def pull_metrics(self) -> None:
+        """s3 run folder: fetch its metrics.jsonl before resuming (rank 0)."""
+        if not (self.remote_run and self.env.main):
+            return
+        from trm.storage import open_store
+
+        store = open_store()
+        uri = f"{self.run_uri}/{METRIC_FILE}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if store.exists(uri):
+            store.download_file(uri, self.run_dir / METRIC_FILE)
+        elif (self.run_dir / METRIC_FILE).exists():
+            (self.run_dir / METRIC_FILE).unlink()
+
+    def push(self, eval_step: int | None = None) -> None:
+        """s3 run folder: upload metrics.jsonl (and eval/step-N) (rank 0)."""
+        if not (self.remote_run and self.env.main):
+            return
+        from trm.storage import open_store, publish
+
+        store = open_store()
+        if (self.run_dir / METRIC_FILE).exists():
+            store.upload_file(self.run_dir / METRIC_FILE, f"{self.run_uri}/{METRIC_FILE}")
+        folder = self.run_dir / "eval" / f"step-{eval_step}"
+        if eval_step is not None and folder.is_dir():
+            publish(folder, f"{self.run_uri}/eval/step-{eval_step}", store=store)
+
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self) -> None:
         cfg, env = self.cfg, self.env
         resumed = self.restore()
+        if resumed is not None:
+            self.pull_metrics()
         log = MetricLog(cfg, self.run_dir, resumed, enabled=env.main)
         bar = None
         if env.main and cfg.progress:
@@ -533,9 +570,12 @@ class Trainer:
                         if bar is not None:
                             bar.write(f"[step {self.step}] " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
                     evaluated = True
-                if (evaluated and (cfg.checkpoint_every_eval or done)) or (
+                if done or (evaluated and cfg.checkpoint_every_eval) or (
                     cfg.checkpoint_every_n_steps and self.step % cfg.checkpoint_every_n_steps == 0):
                     self.save(evaluated=evaluated)
+                    self.push(self.step if evaluated else None)
+                elif evaluated:
+                    self.push(self.step)
                 if done:
                     break
         finally:
@@ -552,12 +592,13 @@ class Trainer:
 
 def _local_file(path: str, rel: str) -> Path | None:
     if str(path).startswith("s3://"):
-        try:
-            from trm.storage import localize
+        from trm.storage import localize
 
-            return Path(localize(f"{str(path).rstrip('/')}/{rel}"))
-        except (ImportError, FileNotFoundError):
+        try:
+            candidate = Path(localize(path)) / rel  # the loader has cached the folder already
+        except FileNotFoundError:
             return None
+        return candidate if candidate.is_file() else None
     candidate = Path(path) / rel
     return candidate if candidate.is_file() else None
 
