@@ -6,6 +6,8 @@
     from components.evaluate import evaluate                   # 3. vote, report -> <run>/eval/step-N/
     from components.export_submission import export_submission # 4. validated <run>/submission.json
 
-Each `@dsl.component` body only imports and calls the module's `run(...)`, a plain function that tests call
-directly (or through the component's `.python_func`). Images come from `components.settings`.
+Each `@dsl.component` body only imports and calls `components.impl.<step>.run(...)`, plain Python that tests
+call directly or through the component's `.python_func`. The split is needed: KFP runs component code with
+`_KFP_RUNTIME=true`, where `kfp.dsl.component` does not exist, so a pod must never import a module that applies
+the decorator. `components.runtime` holds shared helpers (pointers, the store); images: `components.settings`.
 """

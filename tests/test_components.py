@@ -36,6 +36,18 @@ def check_args(source: str, **changes) -> dict:
     return args
 
 
+def test_pod_code_imports_under_kfp_runtime():
+    """KFP runs component code with _KFP_RUNTIME=true (no kfp.dsl.component): the step code must import there."""
+    import subprocess
+    import sys
+
+    code = "; ".join(f"import components.impl.{m}" for m in
+                     ("check", "build_dataset", "train", "evaluate", "export_submission")) + "; import components.runtime"
+    done = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "_KFP_RUNTIME": "true"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def artifact(cls, tmp_path, name):
     return cls(name=name, uri=str(tmp_path / name), metadata={})
 
@@ -161,17 +173,17 @@ def test_train_points_at_final_checkpoint(s3_env, trained):
 
 
 def test_launch_config_for_the_pytorchjob():
-    from components.train import job_name, launch_config
+    from components.impl.train import job_name, launch_config
     from trm.launch.pytorchjob import build_pytorchjob
 
     root = "s3://trm/runs/Seed_1"
-    cfg = launch_config(["preset=arc2-seed", f"run_dir={root}", "epochs=10"], 2, 4,
+    cfg = launch_config(["preset=arc2-seed", f"run_dir={root}", "epochs=10", "eval_interval=5"], 2, 4,
                         {"name": "", "image": "reg/trainer:x", "gpu_type": "nvidia.com/gpu", "run_root": root,
                          "node_selector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}],
                          "namespace": "", "s3_endpoint": "http://minio:9000"})
     assert cfg.name == job_name(root) == "trm-seed-1"
     assert (cfg.nnodes, cfg.gpus_per_node, cfg.run_dir, cfg.checkpoint_path) == (2, 4, root, root + "/checkpoints")
-    assert cfg.train_args == ["preset=arc2-seed", "epochs=10"]
+    assert cfg.train_args == ["preset=arc2-seed", "epochs=10", "eval_interval=5"]
     job = build_pytorchjob(cfg)
     assert "Worker" in job["spec"]["pytorchReplicaSpecs"]
 

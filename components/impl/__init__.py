@@ -1,0 +1,1 @@
+"""Plain-Python step code behind the KFP components (no kfp import; see components/__init__.py)."""
