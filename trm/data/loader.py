@@ -1,0 +1,377 @@
+"""Train and test batches from one or more built datasets (ours or the reference's), memory-mapped.
+
+    from trm.data.loader import load_metadata, TrainLoader, TestLoader, Position
+    meta = load_metadata(["data/arc2"], "train")
+    train = TrainLoader(["data/arc2"], global_batch_size=768, rank=0, world_size=4, seed=0)
+    for position, batch in train.iterate(start=Position(0, 0)):   # position: where the NEXT batch starts
+        batch["inputs"], batch["labels"], batch["puzzle_identifiers"]  # int32 [192, 900], [192, 900], [192]
+    state = train.state_dict(); position = TrainLoader.position_from_state(state)     # exact resume
+    for set_name, batch, n_valid in TestLoader(["data/arc2"], 768, rank=0, world_size=4): ...
+
+Train epoch e (order depends only on seed and e): every group once in random order; from each group one random
+variant (puzzle); that puzzle's examples, at most max_examples_per_puzzle of them, in random order; packed into
+global batches, and when a puzzle does not fit, the batch takes as many of its examples as fit and the rest of that
+puzzle is skipped (as the reference does); the last incomplete batch is dropped. Rank r of W takes rows
+[r*B/W, (r+1)*B/W) of each global batch. Labels equal to ignore_label_id (PAD) become -100.
+
+Several dataset paths: their groups form one pool for the train epoch, so a batch may mix datasets; the
+test split is read path by path, set names "all", "all1", "all2", ... (the reference's names). Puzzle
+identifiers are used as stored: build the datasets with disjoint `--puzzle-identifiers-start` ranges; two paths
+whose identifiers.json give different names to one identifier are refused. num_puzzle_identifiers of the merged
+metadata is the largest over the paths (enough for every identifier).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+IGNORE_LABEL = -100
+SET_NAME = "all"
+
+
+class Position(NamedTuple):
+    """A place in the infinite train stream: batch `step` of epoch `epoch`."""
+
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    total_puzzles: int
+    sets: list
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "DatasetMetadata":
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in data]
+        unknown = [k for k in data if k not in names]
+        if missing:
+            raise ValueError(f"{where}: field(s) {missing} missing")
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}")
+        return cls(**{n: data[n] for n in names})
+
+
+def _local(path: str) -> Path:
+    if str(path).startswith("s3://"):
+        from trm.storage import localize
+
+        return Path(localize(str(path)))
+    return Path(path)
+
+
+def _read_metadata(root: Path, split: str) -> DatasetMetadata:
+    path = root / split / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (is {root} a built dataset with a {split!r} split?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON: {exc}") from exc
+    return DatasetMetadata.from_dict(data, str(path))
+
+
+def _merge(metas: list[DatasetMetadata], where: list[str]) -> DatasetMetadata:
+    first = metas[0]
+    for meta, path in zip(metas[1:], where[1:]):
+        for name in ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id", "sets"):
+            if getattr(meta, name) != getattr(first, name):
+                raise ValueError(f"{path}: {name} is {getattr(meta, name)!r} but {where[0]} has {getattr(first, name)!r}")
+    puzzles = sum(m.total_puzzles for m in metas)
+    mean = sum(m.mean_puzzle_examples * m.total_puzzles for m in metas) / puzzles if puzzles else 0.0
+    return DatasetMetadata(
+        pad_id=first.pad_id, ignore_label_id=first.ignore_label_id, blank_identifier_id=first.blank_identifier_id,
+        vocab_size=first.vocab_size, seq_len=first.seq_len,
+        num_puzzle_identifiers=max(m.num_puzzle_identifiers for m in metas),
+        total_groups=sum(m.total_groups for m in metas), mean_puzzle_examples=mean, total_puzzles=puzzles,
+        sets=list(first.sets),
+    )
+
+
+def _paths(paths) -> list[str]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("no dataset paths given")
+    return paths
+
+
+def load_metadata(paths, split: str) -> DatasetMetadata:
+    """The split's dataset.json merged over paths (counts summed, identifiers: the largest count)."""
+    paths = _paths(paths)
+    roots = [_local(p) for p in paths]
+    return _merge([_read_metadata(r, split) for r in roots], paths)
+
+
+def load_identifiers(paths) -> list[str]:
+    """identifiers.json merged over paths; ValueError when two paths name one identifier differently."""
+    merged: list[str] = []
+    owner: list[str] = []
+    for path in _paths(paths):
+        file = _local(path) / "identifiers.json"
+        names = json.loads(file.read_text())
+        for i, name in enumerate(names):
+            if i >= len(merged):
+                merged.append(name)
+                owner.append(path)
+            elif name != "<blank>" and merged[i] not in ("<blank>", name):
+                raise ValueError(
+                    f"{file}: identifier {i} is {name!r} but {owner[i]} has {merged[i]!r}: build the datasets with "
+                    "disjoint --puzzle-identifiers-start ranges"
+                )
+            elif merged[i] == "<blank>":
+                merged[i], owner[i] = name, path
+    return merged
+
+
+class _Split:
+    """One path's split: memory-mapped inputs/labels, index arrays in memory, checked for consistency."""
+
+    def __init__(self, root: Path, split: str, set_name: str):
+        folder = root / split
+        self.where = str(folder)
+        self.meta = _read_metadata(root, split)
+
+        def load(name, mmap):
+            path = folder / f"{set_name}__{name}.npy"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such file")
+            return np.load(path, mmap_mode="r" if mmap else None)
+
+        self.inputs, self.labels = load("inputs", True), load("labels", True)
+        self.identifiers = load("puzzle_identifiers", False).astype(np.int64)
+        self.puzzle_indices = load("puzzle_indices", False).astype(np.int64)
+        self.group_indices = load("group_indices", False).astype(np.int64)
+        n, p, g = self.inputs.shape[0], self.identifiers.shape[0], self.group_indices.shape[0] - 1
+        seq = self.meta.seq_len
+        if self.inputs.shape != (n, seq) or self.labels.shape != (n, seq):
+            raise ValueError(f"{self.where}: inputs/labels shapes {self.inputs.shape}, {self.labels.shape}, want [N, {seq}]")
+        if self.puzzle_indices.shape != (p + 1,) or self.puzzle_indices[0] != 0 or self.puzzle_indices[-1] != n:
+            raise ValueError(f"{self.where}: puzzle_indices must be [P+1] from 0 to N={n}")
+        if g < 0 or self.group_indices[0] != 0 or self.group_indices[-1] != p:
+            raise ValueError(f"{self.where}: group_indices must be [G+1] from 0 to P={p}")
+        if np.any(np.diff(self.puzzle_indices) < 0) or np.any(np.diff(self.group_indices) < 0):
+            raise ValueError(f"{self.where}: puzzle_indices/group_indices must be non-decreasing")
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+def _batch(inputs: np.ndarray, labels: np.ndarray, identifiers: np.ndarray, ignore: int | None) -> dict:
+    labels = labels.astype(np.int32)
+    if ignore is not None:
+        labels[labels == ignore] = IGNORE_LABEL
+    return {
+        "inputs": torch.from_numpy(inputs.astype(np.int32)),
+        "labels": torch.from_numpy(labels),
+        "puzzle_identifiers": torch.from_numpy(identifiers.astype(np.int32)),
+    }
+
+
+def _check_batch(global_batch_size: int, rank: int, world_size: int) -> int:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+    if global_batch_size < 1 or global_batch_size % world_size:
+        raise ValueError(f"global_batch_size ({global_batch_size}) must be a positive multiple of world_size ({world_size})")
+    return global_batch_size // world_size
+
+
+def _gather(parts: list[_Split], part: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows from the memory maps, read in file order (then put back in batch order)."""
+    seq = parts[0].meta.seq_len
+    inputs = np.empty((row.shape[0], seq), dtype=np.uint8)
+    labels = np.empty((row.shape[0], seq), dtype=np.uint8)
+    for p in np.unique(part).tolist():
+        sel = np.flatnonzero(part == p)
+        order = np.argsort(row[sel], kind="stable")
+        rows = row[sel][order]
+        inputs[sel[order]] = parts[p].inputs[rows]
+        labels[sel[order]] = parts[p].labels[rows]
+    return inputs, labels
+
+
+class TrainLoader:
+    """The train stream of spec section 5, deterministic for (seed, epoch), sliced for `rank` of `world_size`."""
+
+    def __init__(self, paths, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 max_examples_per_puzzle: int | None = None, split: str = "train"):
+        self.paths = _paths(paths)
+        self.local_batch_size = _check_batch(global_batch_size, rank, world_size)
+        if max_examples_per_puzzle is not None and max_examples_per_puzzle < 1:
+            raise ValueError(f"max_examples_per_puzzle must be >= 1 or None, got {max_examples_per_puzzle}")
+        self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
+        self.seed, self.max_examples_per_puzzle, self.split = int(seed), max_examples_per_puzzle, split
+        roots = [_local(p) for p in self.paths]
+        self.parts = [_Split(r, split, SET_NAME) for r in roots]
+        self.metadata = _merge([p.meta for p in self.parts], self.paths)
+        if len(self.paths) > 1:
+            load_identifiers(self.paths)  # refuses clashing identifier ranges
+        # One pool of groups over all paths.
+        self._group_part = np.concatenate([np.full(p.group_indices.shape[0] - 1, i) for i, p in enumerate(self.parts)])
+        self._group_lo = np.concatenate([p.group_indices[:-1] for p in self.parts])
+        self._group_hi = np.concatenate([p.group_indices[1:] for p in self.parts])
+        self._plan_cache: tuple[int, list[np.ndarray]] | None = None
+        self.position = Position(0, 0)
+        if self.metadata.total_groups == 0 or self.steps_per_epoch(0) == 0:
+            raise ValueError(
+                f"{self.paths}: an epoch holds fewer examples than global_batch_size ({global_batch_size}); "
+                "no full batch can be made"
+            )
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part, row, identifier) of every example of the epoch's full global batches, in batch order."""
+        if self._plan_cache is not None and self._plan_cache[0] == epoch:
+            return self._plan_cache[1]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
+        order = rng.permutation(self._group_part.shape[0])
+        part = self._group_part[order]
+        puzzle = rng.integers(self._group_lo[order], self._group_hi[order])  # one variant per group
+        start = np.empty(part.shape[0], dtype=np.int64)
+        size = np.empty(part.shape[0], dtype=np.int64)
+        ident = np.empty(part.shape[0], dtype=np.int64)
+        for i, p in enumerate(self.parts):
+            sel = np.flatnonzero(part == i)
+            start[sel] = p.puzzle_indices[puzzle[sel]]
+            size[sel] = p.puzzle_indices[puzzle[sel] + 1] - start[sel]
+            ident[sel] = p.identifiers[puzzle[sel]]
+        # Each puzzle's examples in random order: sort random keys within each puzzle's segment.
+        total = int(size.sum())
+        owner = np.repeat(np.arange(size.shape[0]), size)
+        within = np.argsort(owner * 2.0 + rng.random(total), kind="stable")  # owner-major, random inside
+        offset_in_puzzle = within - np.repeat(np.cumsum(size) - size, size)
+        allowed = size if self.max_examples_per_puzzle is None else np.minimum(size, self.max_examples_per_puzzle)
+        # Pack: a batch takes whole puzzles; the one that overflows is cut, its rest skipped.
+        B = self.global_batch_size
+        take = np.zeros(size.shape[0], dtype=np.int64)
+        fill = 0
+        for i, a in enumerate(allowed.tolist()):
+            if a <= 0:
+                continue
+            t = min(a, B - fill)
+            take[i] = t
+            fill += t
+            if fill == B:
+                fill = 0
+        n_full = (int(take.sum()) - fill) // B * B  # drop the last incomplete batch
+        rank_in = np.arange(total) - np.repeat(np.cumsum(size) - size, size)
+        keep = rank_in < np.repeat(take, size)
+        rows = (np.repeat(start, size) + offset_in_puzzle)[keep][:n_full]
+        parts = np.repeat(part, size)[keep][:n_full]
+        idents = np.repeat(ident, size)[keep][:n_full]
+        plan = (parts, rows, idents)
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return self._plan(epoch)[0].shape[0] // self.global_batch_size
+
+    def batch(self, position: Position) -> dict:
+        """This rank's slice of global batch `position.step` of `position.epoch`."""
+        parts, rows, idents = self._plan(position.epoch)
+        if not 0 <= position.step < parts.shape[0] // self.global_batch_size:
+            raise ValueError(f"step {position.step} is outside epoch {position.epoch}")
+        lo = position.step * self.global_batch_size + self.rank * self.local_batch_size
+        hi = lo + self.local_batch_size
+        inputs, labels = _gather(self.parts, parts[lo:hi], rows[lo:hi])
+        return _batch(inputs, labels, idents[lo:hi], self.metadata.ignore_label_id)
+
+    def iterate(self, start: Position | None = None) -> Iterator[tuple[Position, dict]]:
+        """Endless (position of the next batch, batch) pairs from `start` (default: where this loader stands)."""
+        position = Position(*start) if start is not None else self.position
+        if position.epoch < 0 or position.step < 0:
+            raise ValueError(f"bad start position {position}")
+        while True:
+            steps = self.steps_per_epoch(position.epoch)
+            if position.step >= steps:  # a position at or past the end of an epoch means the next epoch's start
+                position = Position(position.epoch + 1, 0)
+                continue
+            batch = self.batch(position)
+            following = Position(position.epoch, position.step + 1)
+            if following.step >= steps:
+                following = Position(position.epoch + 1, 0)
+            self.position = following
+            yield following, batch
+            position = following
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(self.position.epoch), "step": int(self.position.step), "seed": self.seed,
+                "global_batch_size": self.global_batch_size, "max_examples_per_puzzle": self.max_examples_per_puzzle,
+                "paths": list(self.paths)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the position; ValueError when the stream it came from had another seed or batch size."""
+        for key in ("seed", "global_batch_size", "max_examples_per_puzzle"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}")
+        self.position = self.position_from_state(state)
+
+    @staticmethod
+    def position_from_state(state: dict) -> Position:
+        try:
+            epoch, step = int(state["epoch"]), int(state["step"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"loader state needs integer 'epoch' and 'step', got {state!r}") from exc
+        if epoch < 0 or step < 0:
+            raise ValueError(f"loader state has a negative position: {state!r}")
+        return Position(epoch, step)
+
+
+class TestLoader:
+    """Test examples in file order, global batches, this rank's slice; short batches padded.
+
+    Yields (set_name, batch, n_valid) where n_valid counts the real rows of the GLOBAL batch (as the reference);
+    padded rows have PAD inputs, -100 labels and puzzle identifier 0 (the blank).
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, paths, global_batch_size: int, rank: int = 0, world_size: int = 1, split: str = "test"):
+        self.paths = _paths(paths)
+        self.local_batch_size = _check_batch(global_batch_size, rank, world_size)
+        self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
+        self.parts = [_Split(_local(p), split, SET_NAME) for p in self.paths]
+        self.metadata = _merge([p.meta for p in self.parts], self.paths)
+        self.set_names = [SET_NAME if i == 0 else f"{SET_NAME}{i}" for i in range(len(self.parts))]
+        # identifier of every example, per part
+        self._example_ids = [np.repeat(p.identifiers, np.diff(p.puzzle_indices)) for p in self.parts]
+
+    def __len__(self) -> int:
+        B = self.global_batch_size
+        return sum((p.num_examples + B - 1) // B for p in self.parts)
+
+    def __iter__(self) -> Iterator[tuple[str, dict, int]]:
+        B, b = self.global_batch_size, self.local_batch_size
+        meta = self.metadata
+        for name, part, ids in zip(self.set_names, self.parts, self._example_ids):
+            n = part.num_examples
+            for start in range(0, n, B):
+                end = min(n, start + B)
+                lo = min(end, start + self.rank * b)
+                hi = min(end, lo + b)
+                inputs = np.full((b, meta.seq_len), meta.pad_id, dtype=np.uint8)
+                labels = np.full((b, meta.seq_len), meta.pad_id, dtype=np.uint8)
+                idents = np.full(b, meta.blank_identifier_id, dtype=np.int64)
+                inputs[: hi - lo] = part.inputs[lo:hi]
+                labels[: hi - lo] = part.labels[lo:hi]
+                idents[: hi - lo] = ids[lo:hi]
+                batch = _batch(inputs, labels, idents, meta.ignore_label_id)
+                batch["labels"][hi - lo:] = IGNORE_LABEL
+                yield name, batch, end - start
