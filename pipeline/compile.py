@@ -2,7 +2,7 @@
 
     python -m pipeline.compile --output pipeline.yaml          # what `make compile` runs
     TRM_STEPS_IMAGE=reg/trm-steps:abc TRM_TRAINER_IMAGE=reg/trm-trainer:abc python -m pipeline.compile -o p.yaml
-    python -m pipeline.compile --output tests/golden/pipeline.yaml   # regenerate the golden file (images unset)
+    env -u TRM_STEPS_IMAGE -u TRM_TRAINER_IMAGE -u TRM_S3_SECRET python -m pipeline.compile -o tests/golden/pipeline.yaml
 
 The images come from `components.settings` (env TRM_STEPS_IMAGE / TRM_TRAINER_IMAGE, read at import).
 The YAML is written to a temporary name and renamed, so a failed compile never leaves half a file.

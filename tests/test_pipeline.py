@@ -2,7 +2,8 @@
 
     .venv/bin/python -m pytest -q tests/test_pipeline.py
     # after an intended change to the DAG or a component, regenerate the golden file (images unset):
-    env -u TRM_STEPS_IMAGE -u TRM_TRAINER_IMAGE .venv/bin/python -m pipeline.compile --output tests/golden/pipeline.yaml
+    env -u TRM_STEPS_IMAGE -u TRM_TRAINER_IMAGE -u TRM_S3_SECRET .venv/bin/python -m pipeline.compile \
+        --output tests/golden/pipeline.yaml
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "pipeline.yaml"
-REGENERATE = ("env -u TRM_STEPS_IMAGE -u TRM_TRAINER_IMAGE .venv/bin/python -m pipeline.compile "
+REGENERATE = ("env -u TRM_STEPS_IMAGE -u TRM_TRAINER_IMAGE -u TRM_S3_SECRET .venv/bin/python -m pipeline.compile "
               "--output tests/golden/pipeline.yaml")
 SENTINELS = {"AWS_ACCESS_KEY_ID": "AKIA-SENTINEL-ACCESS-7f3a", "AWS_SECRET_ACCESS_KEY": "sentinel-secret-91c2e",
              "WANDB_API_KEY": "sentinel-wandb-55d1"}
@@ -26,7 +27,7 @@ SENTINELS = {"AWS_ACCESS_KEY_ID": "AKIA-SENTINEL-ACCESS-7f3a", "AWS_SECRET_ACCES
 
 def compile_in_subprocess(out: Path, **env: str) -> str:
     """Compile in a fresh interpreter (the images are read at import) with `env` on top of a clean one."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("TRM_STEPS_IMAGE", "TRM_TRAINER_IMAGE")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("TRM_STEPS_IMAGE", "TRM_TRAINER_IMAGE", "TRM_S3_SECRET")}
     subprocess.run([sys.executable, "-m", "pipeline.compile", "--output", str(out)], cwd=ROOT,
                    env={**clean, **env}, check=True, capture_output=True, text=True)
     return out.read_text()
