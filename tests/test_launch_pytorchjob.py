@@ -197,7 +197,7 @@ def test_restarts_resume_from_a_stable_s3_checkpoint_path():
     ({"s3_endpoint": "minio:9000"}, "s3_endpoint"), ({"backoff_limit": -1}, "backoff_limit"),
     ({"active_deadline_seconds": 0}, "active_deadline_seconds"), ({"clean_pod_policy": "Always"}, "clean_pod_policy"),
     ({"train_args": ["max_steps"]}, "train_args"), ({"train_args": ["no_such_key=1"]}, "train_args"),
-    ({"env": {"1BAD": "x"}}, "env"), ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),
+    ({"env": {"1BAD": "x"}}, "env"), ({"env": {"AWS_ACCESS_KEY_ID": "plain"}}, "env"), ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),
 ])
 def test_bad_values_raise_naming_the_field(change, field):
     values = {"name": "trm-a", "image": IMAGE, **change}

@@ -139,9 +139,12 @@ class LaunchConfig:
         self._check_str_map("node_selector", self.node_selector)
         self._check_str_map("labels", self.labels)
         self._check_str_map("env", self.env)
+        managed = {item["name"] for item in _managed_env(self)}
         for key in self.env:
             if not _ENV_NAME.match(key):
                 raise ValueError(f"env: {key!r} is not a variable name")
+            if key in managed:
+                raise ValueError(f"env: {key} is set by the launcher from its own fields (s3_*, wandb_secret)")
         self._check_tolerations()
         for name in ("s3_secret", "wandb_secret", "service_account"):
             value = getattr(self, name)
@@ -303,7 +306,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def _env(cfg: LaunchConfig) -> list[dict[str, Any]]:
+def _managed_env(cfg: LaunchConfig) -> list[dict[str, Any]]:
+    """The variables the launcher derives from its fields (docs/ARCHITECTURE.md "Environment")."""
     env: list[dict[str, Any]] = [{"name": "TRM_S3_BUCKET", "value": cfg.s3_bucket}]
     if cfg.s3_endpoint:
         env.append({"name": "TRM_S3_ENDPOINT", "value": cfg.s3_endpoint})
@@ -315,11 +319,6 @@ def _env(cfg: LaunchConfig) -> list[dict[str, Any]]:
     if cfg.wandb_secret:
         env.append({"name": "WANDB_API_KEY",
                     "valueFrom": {"secretKeyRef": {"name": cfg.wandb_secret, "key": cfg.wandb_key_key}}})
-    taken = {item["name"] for item in env}
-    for name, value in cfg.env.items():
-        if name in taken:
-            raise ValueError(f"env: {name} is set by the launcher from its own fields")
-        env.append({"name": name, "value": value})
     return env
 
 
@@ -335,7 +334,7 @@ def _pod_template(cfg: LaunchConfig, labels: dict[str, str]) -> dict[str, Any]:
         "imagePullPolicy": cfg.image_pull_policy,
         "command": cfg.command()[:1],
         "args": cfg.command()[1:],
-        "env": _env(cfg),
+        "env": _managed_env(cfg) + [{"name": k, "value": v} for k, v in cfg.env.items()],
         "ports": [{"name": PORT_NAME, "containerPort": cfg.master_port, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
