@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from trm.launch.pytorchjob import LaunchConfig, render
 
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"trm launch: {err}", file=sys.stderr)
         return 2
+    except ApiException as err:  # e.g. 403: the service account lacks the Role in manifests/base
+        print(f"trm launch: the API server answered {err.status} {err.reason}: {err.body}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
