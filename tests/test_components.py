@@ -163,13 +163,14 @@ def trained(s3_server, built, tmp_path_factory):
 
 
 def test_train_points_at_final_checkpoint(s3_env, trained):
-    from components.runtime import exists
+    from components.runtime import exists, read_json
 
     root, _, model, metrics = trained
     assert model.metadata["uri"] == f"{root}/checkpoints/step-{model.metadata['step']}"
-    assert model.metadata["step"] == 3
+    assert 1 <= model.metadata["step"] <= 3  # max_steps=3, or one epoch of the tiny dataset if shorter
     assert exists(model.metadata["uri"] + "/meta.json")
-    assert "train/lm_loss" in metrics.metadata
+    assert read_json(model.metadata["uri"] + "/meta.json")["step"] == model.metadata["step"]
+    assert "train/lm_loss" in metrics.metadata, sorted(metrics.metadata)
 
 
 def test_launch_config_for_the_pytorchjob():
