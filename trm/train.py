@@ -445,7 +445,7 @@ class Trainer:
                 acc = sums.setdefault(set_name, {})
                 for k, v in metrics.items():
                     acc[k] = acc[k] + v.to(torch.float64) if k in acc else v.to(torch.float64).clone()
-                if want_vote:
+                if want_vote and set_name == "all":  # the first test path (the voter reads its files)
                     outputs.append({"puzzle_identifiers": m["puzzle_identifiers"].cpu().numpy(),
                                     "inputs": m["inputs"].cpu().numpy(), "preds": preds["preds"].cpu().numpy(),
                                     "q_halt_logits": preds["q_halt_logits"].float().cpu().numpy()})
