@@ -20,9 +20,13 @@ Rules (see docs/evaluation.md):
   input matches them goes to the (k mod m)-th of those m test inputs, which is the example's position within
   its puzzle in the test split when the predictions are fed in dataset order. `add(..., positions=...)` states
   the position explicitly instead.
+- identity: two predictions vote together when their de-augmented grids are equal; grids are compared through
+  two independent 64-bit hashes of their canonical canvas (the reference compares SHA-256 digests).
 - ranking inside a slot: vote count (descending), then mean sigmoid(q_halt) (descending, summed in sorted
   order so that the feeding order never matters), then the grid itself (ascending by height, width, then
   row-major cells): fully deterministic.
+- speed: everything is numpy over blocks of rows (crop, colour lut, dihedral transform per transform id,
+  re-anchoring by a per-row window, hashing); Python loops run per distinct grid and per test input only.
 - fallback: a test input with no usable prediction gets its own test input as both attempts, and is counted
   in `<prefix>/test_inputs_without_predictions`; with one candidate, attempt_2 repeats attempt_1.
 - scoring: pass@K per test input; a task scores the mean over its test inputs whose output is known; the
@@ -42,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trm.data.augment import parse_variant_name
+
 PASS_KS: tuple[int, ...] = (1, 2, 5, 10, 100, 1000)
 DIHEDRAL_INVERSE: tuple[int, ...] = (0, 3, 2, 1, 4, 5, 6, 7)
 SEPARATOR = "|||"
@@ -55,20 +61,37 @@ NO_COLOUR = 255  # lut value for PAD/EOS tokens
 
 def parse_variant(name: str) -> tuple[str, int, np.ndarray]:
     """`task|||t<tid>|||<10 digits>` -> (task, tid, mapping) with mapping[original colour] = variant colour."""
-    if SEPARATOR not in name:
-        return name, 0, np.arange(10, dtype=np.uint8)
-    parts = name.split(SEPARATOR)
-    if len(parts) != 3 or not parts[1].startswith("t") or not parts[1][1:].isdigit():
-        raise ValueError(f"identifier {name!r}: expected '<task>|||t<tid>|||<10 digits>'")
-    tid = int(parts[1][1:])
-    digits = parts[2]
-    if tid > 7 or len(digits) != 10 or not digits.isdigit() or sorted(digits) != list("0123456789"):
-        raise ValueError(f"identifier {name!r}: transform id must be 0..7 and the colour map a permutation of 0-9")
-    return parts[0], tid, np.array([int(c) for c in digits], dtype=np.uint8)
+    return parse_variant_name(name)
+
+
+def _parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Many variant names at once -> (tasks, tids [m], mappings [m, 10]); ValueError naming a bad one.
+
+    A variant name ends in the 18 characters `|||t<d>|||<10 digits>`; those tails are checked as one array.
+    """
+    tails = np.frombuffer("".join([n[-18:].rjust(18) for n in names]).encode("ascii", "replace"),
+                          dtype=np.uint8).reshape(len(names), 18)
+    plain = np.array([SEPARATOR not in n for n in names], dtype=bool)
+    digits = tails[:, 8:] - np.uint8(ord("0"))
+    good = ((tails[:, :4] == np.frombuffer(b"|||t", np.uint8)).all(1) & (tails[:, 5:8] == ord("|")).all(1)
+            & (tails[:, 4] >= ord("0")) & (tails[:, 4] <= ord("7"))
+            & (np.sort(digits, axis=1) == np.arange(10, dtype=np.uint8)).all(1))
+    bad = np.flatnonzero(~good & ~plain)
+    if bad.size:
+        name = names[int(bad[0])]
+        parse_variant_name(name)  # raises with the data module's message
+        raise ValueError(f"identifier {name!r}: expected '<task>|||t<0-7>|||<10 digits>'")
+    tasks = [n if p else n[:-18] for n, p in zip(names, plain.tolist())]
+    bad = [n for n, t, p in zip(names, tasks, plain.tolist()) if not p and SEPARATOR in t]
+    if bad:
+        raise ValueError(f"identifier {bad[0]!r}: expected '<task>|||t<0-7>|||<10 digits>'")
+    tids = np.where(plain, 0, tails[:, 4].astype(np.int64) - ord("0")).astype(np.int8)
+    mappings = np.where(plain[:, None], np.arange(10, dtype=np.uint8), digits).astype(np.uint8)
+    return tasks, tids, mappings
 
 
 def dihedral(stack: np.ndarray, tid: int) -> np.ndarray:
-    """Dihedral transform `tid` (spec ids) applied to every grid of a [n, h, w] stack (a view when possible)."""
+    """Dihedral transform `tid` (spec ids) applied to every grid of a [n, h, w] stack (a view)."""
     if tid == 0:
         return stack
     if tid in (1, 2, 3):
@@ -104,6 +127,68 @@ def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(nonempty, best + 1, 0), np.where(nonempty, width, 0)
 
 
+# grids are identified by two 64-bit hashes of their canvas (a 30x30 top-left canvas, colour + 1 inside,
+# 0 outside, padded to 904 bytes): each 8-byte word is mixed, then summed with random odd weights.
+_WORDS = 113
+_PADDED = _WORDS * 8
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_weights = np.random.default_rng(0x7E5A).integers(1, 2**63, size=(2, _WORDS), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_ROWS = np.arange(GRID)
+# 0/1 masks of the top-left h x w rectangle, index h * 31 + w
+_RECT = ((_ROWS[None, None, :, None] < np.arange(GRID + 1)[:, None, None, None])
+         & (_ROWS[None, None, None, :] < np.arange(GRID + 1)[None, :, None, None])).astype(np.uint8).reshape(-1, SEQ_LEN)
+_TRANSPOSING = np.array([False, True, False, True, False, False, True, True])
+
+
+def _hash(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n, 904] uint8 -> two uint64 [n] hashes."""
+    x = padded.view(np.uint64) * _MIX
+    x ^= x >> np.uint64(29)
+    return (x * _weights[0]).sum(axis=1), (x * _weights[1]).sum(axis=1)
+
+
+def _shift(tid: int, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Where the top-left cell of an h x w grid lands (flat index) after transforming its whole 30x30 canvas."""
+    if tid in (0, 6):
+        return np.zeros_like(h)
+    if tid == 1:
+        return (GRID - w) * GRID
+    if tid == 2:
+        return (GRID - h) * GRID + (GRID - w)
+    if tid == 3:
+        return GRID - h
+    if tid == 4:
+        return GRID - w
+    if tid == 5:
+        return (GRID - h) * GRID
+    return (GRID - w) * GRID + (GRID - h)  # 7
+
+
+def canvas_of(grid: np.ndarray) -> np.ndarray:
+    """One grid (colours 0..9) -> its padded canonical canvas [904] uint8."""
+    out = np.zeros(_PADDED, dtype=np.uint8)
+    h, w = grid.shape
+    out[:SEQ_LEN].reshape(GRID, GRID)[:h, :w] = grid + 1
+    return out
+
+
+def _grid_of(canvas: np.ndarray, h: int, w: int) -> np.ndarray:
+    return (canvas[:SEQ_LEN].reshape(GRID, GRID)[:h, :w] - 1).astype(np.uint8)
+
+
+def _tokens_of(grid: np.ndarray) -> np.ndarray:
+    """One grid -> raw token canvas [904] (colour + 2, EOS edges, PAD), as the dataset stores a test input."""
+    out = np.zeros(_PADDED, dtype=np.uint8)
+    canvas = out[:SEQ_LEN].reshape(GRID, GRID)
+    h, w = grid.shape
+    canvas[:h, :w] = grid + 2
+    if h < GRID:
+        canvas[h, :w] = 1
+    if w < GRID:
+        canvas[:h, w] = 1
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- results
 
 
@@ -119,10 +204,11 @@ class Candidate:
 class VoteResult:
     metrics: dict[str, float]
     submission: dict[str, list[dict[str, list[list[int]]]]]
-    votes: dict[str, list[list[Candidate]]]  # task -> per test input -> ranked candidates
+    votes: dict[str, list[list[Candidate]]]  # task -> per test input -> best candidates (at most keep_votes)
     passed: dict[str, list[dict[int, bool]]] = field(default_factory=dict)  # task -> per test input -> {K: ok}
     fallback: dict[str, list[bool]] = field(default_factory=dict)  # task -> per test input -> used fallback
     prefix: str = "ARC"
+    num_candidates: dict[str, list[int]] = field(default_factory=dict)  # task -> per test input -> distinct grids
 
     def pass_at_k(self) -> dict[str, float]:
         return {k: v for k, v in self.metrics.items() if k.startswith(f"{self.prefix}/pass@")}
@@ -132,13 +218,9 @@ def _grid(value, where: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 2 or not (1 <= arr.shape[0] <= GRID and 1 <= arr.shape[1] <= GRID):
         raise ValueError(f"{where}: expected a grid of 1..30 x 1..30, got shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() > 9):
+    if arr.min() < 0 or arr.max() > 9:
         raise ValueError(f"{where}: cells must be ints 0..9")
     return arr.astype(np.uint8)
-
-
-def _key(grid: np.ndarray) -> tuple[int, int, bytes]:
-    return (grid.shape[0], grid.shape[1], np.ascontiguousarray(grid, dtype=np.uint8).tobytes())
 
 
 # ----------------------------------------------------------------------------------------------- voter
@@ -148,7 +230,7 @@ class Voter:
     """Collects predictions of the test split and votes per (task, test input). See the module docstring."""
 
     def __init__(self, test_puzzles: dict, identifiers: list[str], pass_ks=PASS_KS, prefix: str = "ARC",
-                 submission_k: int = 2):
+                 submission_k: int = 2, keep_votes: int = 10):
         if submission_k < 1:
             raise ValueError(f"submission_k must be >= 1, got {submission_k}")
         if not pass_ks or any(int(k) < 1 for k in pass_ks):
@@ -156,103 +238,142 @@ class Voter:
         self.pass_ks = tuple(int(k) for k in pass_ks)
         self.prefix = prefix
         self.submission_k = submission_k
+        self.keep_votes = max(keep_votes, submission_k)
         self.identifiers = list(identifiers)
         self.test_puzzles = test_puzzles
         self.tasks = list(test_puzzles)
-        task_index = {name: i for i, name in enumerate(self.tasks)}
-        # slots: one per (task, test input)
+        self._task_index = {name: i for i, name in enumerate(self.tasks)}
+        # slots: one per (task, test input), in task order then test order
         self.slot_task: list[int] = []
         self.slot_test: list[int] = []
         self.slot_input: list[np.ndarray] = []
         self.slot_truth: list[np.ndarray | None] = []
         self.task_slots: list[list[int]] = []
-        self._inputs: list[dict[tuple, list[int]]] = []  # per task: input key -> slots (test order)
         for t, name in enumerate(self.tasks):
-            tests = test_puzzles[name].get("test") if isinstance(test_puzzles[name], dict) else None
+            puzzle = test_puzzles[name]
+            tests = puzzle.get("test") if isinstance(puzzle, dict) else None
             if not isinstance(tests, list) or not tests:
                 raise ValueError(f"test_puzzles: task {name} has no 'test' list")
-            slots, lookup = [], {}
+            slots = []
             for j, pair in enumerate(tests):
                 if not isinstance(pair, dict) or "input" not in pair:
                     raise ValueError(f"test_puzzles: task {name} test {j} has no 'input'")
-                grid = _grid(pair["input"], f"test_puzzles: task {name} test {j} input")
                 out = pair.get("output")
-                truth = None if out is None else _grid(out, f"test_puzzles: task {name} test {j} output")
-                s = len(self.slot_task)
+                slots.append(len(self.slot_task))
                 self.slot_task.append(t)
                 self.slot_test.append(j)
-                self.slot_input.append(grid)
-                self.slot_truth.append(truth)
-                slots.append(s)
-                lookup.setdefault(_key(grid), []).append(s)
+                self.slot_input.append(_grid(pair["input"], f"test_puzzles: task {name} test {j} input"))
+                self.slot_truth.append(None if out is None else _grid(out, f"test_puzzles: task {name} test {j} output"))
             self.task_slots.append(slots)
-            self._inputs.append(lookup)
-        # per identifier: task index (-1: not a test task), inverse transform id, token -> colour lut
+        self._task_first = np.array([s[0] for s in self.task_slots] or [0], dtype=np.int64)
+        self._task_ntests = np.array([len(s) for s in self.task_slots] or [0], dtype=np.int64)
+        self._max_tests = int(self._task_ntests.max()) if self.tasks else 1
+        # canonical hashes of test inputs (slow-path matching) and of the known truths (scoring)
+        self._input_slots: dict[tuple[int, int, int], list[int]] = {}
+        for s, grid in enumerate(self.slot_input):
+            a, b = _hash(canvas_of(grid)[None])
+            self._input_slots.setdefault((self.slot_task[s], int(a[0]), int(b[0])), []).append(s)
+        self._truth_key = [None if g is None else tuple(int(v[0]) for v in _hash(canvas_of(g)[None]))
+                           for g in self.slot_truth]
+        # per identifier: task index (-1: not a test task), inverse transform id, token -> colour + 1 lut, and
+        # the hashes of the raw token canvases of its test inputs (the fast path of input matching)
         n_id = len(self.identifiers)
-        self._id_task = np.full(n_id, -1, dtype=np.int32)
+        self._id_task = np.full(n_id, -1, dtype=np.int64)
         self._id_tinv = np.zeros(n_id, dtype=np.int8)
-        self._id_lut = np.full((n_id, 12), NO_COLOUR, dtype=np.uint8)
+        self._id_lut = np.zeros((n_id, 12), dtype=np.uint8)
         self._id_parsed = np.zeros(n_id, dtype=bool)
-        self._task_index = task_index
-        # grids seen: (h, w, bytes) -> grid id
-        self._grid_ids: dict[tuple[int, int, bytes], int] = {}
-        self._grid_keys: list[tuple[int, int, bytes]] = []
+        self._id_in1 = np.zeros((n_id, self._max_tests), dtype=np.uint64)
+        self._id_in2 = np.zeros((n_id, self._max_tests), dtype=np.uint64)
         self._occurrence: dict[tuple[int, int], int] = {}  # (identifier, first slot) -> predictions seen
-        # accumulated votes
+        # accumulated votes, and one canvas per distinct grid
         self._slots: list[np.ndarray] = []
-        self._gids: list[np.ndarray] = []
+        self._h1: list[np.ndarray] = []
+        self._h2: list[np.ndarray] = []
         self._qs: list[np.ndarray] = []
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, int, int]] = {}  # key -> (canvas, h, w)
         self.counts = {"predictions": 0, "padding_rows": 0, "empty_crops": 0, "unmatched_predictions": 0}
 
     @classmethod
     def from_dataset(cls, path, **kwargs) -> "Voter":
+        """From a dataset folder; the test split's identifiers are prepared in one go when present."""
         test_puzzles, identifiers = load_dataset_files(path)
-        return cls(test_puzzles, identifiers, **kwargs)
+        voter = cls(test_puzzles, identifiers, **kwargs)
+        ids_file = Path(path) / "test" / "all__puzzle_identifiers.npy"
+        if ids_file.is_file():
+            voter.prepare(np.load(ids_file))
+        return voter
 
     # -- identifiers
 
+    def prepare(self, identifiers) -> None:
+        """Parse these puzzle identifiers now, in bulk (add() parses unseen ones per batch otherwise)."""
+        ids = np.asarray(identifiers).reshape(-1).astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.identifiers)):
+            raise ValueError(f"Voter.prepare: puzzle identifier out of range 0..{len(self.identifiers) - 1}")
+        self._parse(ids[ids != 0])
+
     def _parse(self, ids: np.ndarray) -> None:
-        todo = ids[~self._id_parsed[ids]]
-        for i in np.unique(todo).tolist():
-            name = self.identifiers[i]
-            task, tid, mapping = parse_variant(name)
-            self._id_task[i] = self._task_index.get(task, -1)
-            self._id_tinv[i] = DIHEDRAL_INVERSE[tid]
-            inverse = np.argsort(mapping).astype(np.uint8)  # variant colour -> original colour
-            self._id_lut[i, 2:] = inverse
-            self._id_parsed[i] = True
+        new = np.unique(ids[~self._id_parsed[ids]])
+        if new.size == 0:
+            return
+        tasks, tids, mappings = _parse_names([self.identifiers[i] for i in new.tolist()])
+        task = np.array([self._task_index.get(t, -1) for t in tasks], dtype=np.int64)
+        self._id_task[new] = task
+        self._id_tinv[new] = np.asarray(DIHEDRAL_INVERSE, dtype=np.int8)[tids]
+        inverse = np.argsort(mappings, axis=1).astype(np.uint8)  # variant colour -> original colour
+        self._id_lut[new, 2:] = inverse + 1
+        self._id_parsed[new] = True
+        # expected raw canvases of the test inputs: per (task, test input), all variants at once
+        keep = np.flatnonzero(task >= 0)
+        order = keep[np.lexsort((tids[keep], task[keep]))]
+        if order.size == 0:
+            return
+        task_edges = np.flatnonzero(np.r_[True, task[order][1:] != task[order][:-1], True])
+        for lo, hi in zip(task_edges[:-1].tolist(), task_edges[1:].tolist()):
+            rows = order[lo:hi]
+            t = int(task[rows[0]])
+            tid_rows = tids[rows]
+            tid_edges = np.flatnonzero(np.r_[True, tid_rows[1:] != tid_rows[:-1], True])
+            maps = mappings[rows]
+            for j, s in enumerate(self.task_slots[t]):
+                coloured = maps[:, self.slot_input[s]] + np.uint8(2)  # [m, h, w]: colours first ...
+                canvas = np.zeros((rows.size, _PADDED), dtype=np.uint8)
+                view = canvas[:, :SEQ_LEN].reshape(rows.size, GRID, GRID)
+                for a, b in zip(tid_edges[:-1].tolist(), tid_edges[1:].tolist()):
+                    x = dihedral(coloured[a:b], int(tid_rows[a]))  # ... then the transform
+                    _, gh, gw = x.shape
+                    view[a:b, :gh, :gw] = x
+                    if gh < GRID:
+                        view[a:b, gh, :gw] = 1
+                    if gw < GRID:
+                        view[a:b, :gh, gw] = 1
+                a1, a2 = _hash(canvas)
+                self._id_in1[new[rows], j] = a1
+                self._id_in2[new[rows], j] = a2
 
-    # -- de-augmentation of a batch of token rows
+    def _canonical(self, tokens: np.ndarray, ids: np.ndarray):
+        """[n, 900] uint8 tokens -> (padded canonical canvases [n, 904], heights, widths) in the original frame.
 
-    def _canonical(self, tokens: np.ndarray, ids: np.ndarray) -> list[tuple[int, int, bytes] | None]:
-        """Per row: the key (h, w, bytes) of its cropped, de-augmented grid; None when the crop is empty."""
+        Rows must come sorted by inverse transform id (see _add), so that each transform is one slice.
+        """
         n = tokens.shape[0]
-        heights, widths = crop_sizes(tokens)
-        grid = tokens.reshape(n, GRID, GRID)
-        tinv = self._id_tinv[ids].astype(np.int64)
-        group = (tinv * (GRID + 1) + heights) * (GRID + 1) + widths
-        order = np.argsort(group, kind="stable")
-        sorted_group = group[order]
-        starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-        ends = np.r_[starts[1:], n]
-        keys: list = [None] * n
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            rows = order[a:b]
-            first = rows[0]
-            h, w = int(heights[first]), int(widths[first])
-            if h == 0:
-                continue
-            sub = dihedral(grid[rows, :h, :w], int(tinv[first]))
-            hh, ww = sub.shape[1], sub.shape[2]
-            cells = np.ascontiguousarray(sub).reshape(len(rows), hh * ww)
-            lut = self._id_lut[ids[rows]]  # [m, 12]
-            flat = (np.arange(len(rows), dtype=np.int32) * 12)[:, None] + cells
-            mapped = lut.reshape(-1).take(flat)
-            data = mapped.tobytes()
-            size = hh * ww
-            for r, off in zip(rows.tolist(), range(0, len(data), size)):
-                keys[r] = (hh, ww, data[off:off + size])
-        return keys
+        h, w = crop_sizes(tokens)
+        masked = tokens * _RECT[h * (GRID + 1) + w]
+        index = masked + (np.arange(n, dtype=np.int32) * 12)[:, None]
+        mapped = self._id_lut[ids].reshape(-1).take(index).reshape(n, GRID, GRID)
+        tinv = self._id_tinv[ids]
+        buf = np.zeros((n, SEQ_LEN * 2 + 4), dtype=np.uint8)
+        shift = np.zeros(n, dtype=np.int64)
+        edges = np.flatnonzero(np.r_[True, tinv[1:] != tinv[:-1], True])
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+            t = int(tinv[lo])
+            buf[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[...] = dihedral(mapped[lo:hi], t)
+            if t:
+                shift[lo:hi] = _shift(t, h[lo:hi], w[lo:hi])
+        windows = np.lib.stride_tricks.sliding_window_view(buf, _PADDED, axis=1)
+        canon = windows[np.arange(n), shift]
+        swap = _TRANSPOSING[tinv]
+        return canon, np.where(swap, w, h), np.where(swap, h, w)
 
     # -- public API
 
@@ -272,157 +393,194 @@ class Voter:
                              f" got {ids.shape}, {inputs.shape}, {preds.shape}, {q.shape}")
         if b and (ids.min() < 0 or ids.max() >= len(self.identifiers)):
             raise ValueError(f"Voter.add: puzzle identifier out of range 0..{len(self.identifiers) - 1}")
-        keep = ids != 0
-        self.counts["padding_rows"] += int(b - keep.sum())
         if positions is not None:
-            positions = np.asarray(positions).reshape(-1)[keep]
-        ids, inputs, preds, q = ids[keep], inputs[keep], preds[keep], q[keep]
+            positions = np.asarray(positions).reshape(-1)
+            if positions.shape != (b,):
+                raise ValueError(f"Voter.add: positions must have shape [{b}], got {positions.shape}")
+        for start in range(0, b, CHUNK):
+            sl = slice(start, start + CHUNK)
+            self._add(ids[sl], inputs[sl], preds[sl], q[sl], None if positions is None else positions[sl])
+
+    def _add(self, ids, inputs, preds, q, positions) -> None:
+        keep = ids != 0
+        self.counts["padding_rows"] += int(ids.size - keep.sum())
+        if not keep.all():
+            ids, inputs, preds, q = ids[keep], inputs[keep], preds[keep], q[keep]
+            positions = None if positions is None else positions[keep]
         if ids.size == 0:
             return
         self._parse(ids)
         task = self._id_task[ids]
         known = task >= 0
-        self.counts["unmatched_predictions"] += int((~known).sum())
-        ids, inputs, preds, q, task = ids[known], inputs[known], preds[known], q[known], task[known]
-        if positions is not None:
-            positions = positions[known]
+        if not known.all():
+            self.counts["unmatched_predictions"] += int((~known).sum())
+            ids, inputs, preds, q, task = ids[known], inputs[known], preds[known], q[known], task[known]
+            positions = None if positions is None else positions[known]
+            if ids.size == 0:
+                return
+        order = np.argsort(self._id_tinv[ids], kind="stable")
+        ids, inputs, preds, q, task = ids[order], inputs[order], preds[order], q[order], task[order]
+        positions = None if positions is None else positions[order]
+        n = ids.size
         inputs = _tokens(inputs, "inputs")
         preds = _tokens(preds, "preds")
-        in_keys = self._canonical(inputs, ids)
-        pred_keys = self._canonical(preds, ids)
-        slots = np.full(ids.shape[0], -1, dtype=np.int64)
-        gids = np.full(ids.shape[0], -1, dtype=np.int64)
-        registry, keys_list = self._grid_ids, self._grid_keys
-        for r, (ik, pk) in enumerate(zip(in_keys, pred_keys)):
-            if pk is None:
-                self.counts["empty_crops"] += 1
-                continue
-            cand = self._inputs[task[r]].get(ik) if ik is not None else None
-            if cand is None:
-                self.counts["unmatched_predictions"] += 1
-                continue
-            if len(cand) == 1:
-                slot = cand[0]
-            else:
+        # inputs -> slots: hash of the raw canvas against the expected canvases of the variant's test inputs
+        padded = np.zeros((n, _PADDED), dtype=np.uint8)
+        padded[:, :SEQ_LEN] = inputs
+        r1, r2 = _hash(padded)
+        match = (self._id_in1[ids] == r1[:, None]) & (self._id_in2[ids] == r2[:, None])
+        match &= np.arange(self._max_tests)[None, :] < self._task_ntests[task][:, None]
+        nmatch = match.sum(axis=1)
+        slots = self._task_first[task] + match.argmax(axis=1)
+        slots[nmatch != 1] = -1
+        odd = np.flatnonzero(nmatch != 1)
+        if odd.size:  # no exact canvas match (crop, then compare) or identical test inputs
+            canon, hh, ww = self._canonical(inputs[odd], ids[odd])
+            c1, c2 = _hash(canon)
+            for i, r in enumerate(odd.tolist()):
+                cand = self._input_slots.get((int(task[r]), int(c1[i]), int(c2[i]))) if hh[i] else None
+                if cand is None:
+                    continue
                 slot = None
-                if positions is not None:
-                    for s in cand:
-                        if self.slot_test[s] == int(positions[r]):
-                            slot = s
+                if len(cand) > 1 and positions is not None:
+                    slot = next((s for s in cand if self.slot_test[s] == int(positions[r])), None)
                 if slot is None:
                     k = (int(ids[r]), cand[0])
                     seen = self._occurrence.get(k, 0)
                     self._occurrence[k] = seen + 1
                     slot = cand[seen % len(cand)]
-            gid = registry.get(pk)
-            if gid is None:
-                gid = registry[pk] = len(keys_list)
-                keys_list.append(pk)
-            slots[r] = slot
-            gids[r] = gid
-        ok = slots >= 0
-        self.counts["predictions"] += int(ok.sum())
-        self._slots.append(slots[ok])
-        self._gids.append(gids[ok])
-        self._qs.append(1.0 / (1.0 + np.exp(-q[ok])))
+                slots[r] = slot
+        # predictions -> canonical grids
+        canon, hh, ww = self._canonical(preds, ids)
+        nonempty = hh > 0
+        self.counts["empty_crops"] += int((~nonempty).sum())
+        matched = slots >= 0
+        self.counts["unmatched_predictions"] += int((nonempty & ~matched).sum())
+        ok = nonempty & matched
+        if not ok.all():
+            canon, hh, ww, slots, q = canon[ok], hh[ok], ww[ok], slots[ok], q[ok]
+        p1, p2 = _hash(canon)
+        # keep one canvas per distinct grid
+        grids = self._grids
+        for i, key in enumerate(zip(p1.tolist(), p2.tolist())):
+            if key not in grids:
+                grids[key] = (canon[i].copy(), int(hh[i]), int(ww[i]))
+        self.counts["predictions"] += int(slots.size)
+        self._slots.append(slots)
+        self._h1.append(p1)
+        self._h2.append(p2)
+        self._qs.append(1.0 / (1.0 + np.exp(-q)))
 
     def absorb(self, other: "Voter") -> None:
         """Add every prediction another Voter (same dataset) collected: pooling over checkpoints or ranks."""
-        if other.tasks != self.tasks:
+        if other.tasks != self.tasks or other.slot_test != self.slot_test:
             raise ValueError("Voter.absorb: the other voter was built from different test puzzles")
-        for slots, gids, qs in zip(other._slots, other._gids, other._qs):
-            mapped = np.empty_like(gids)
-            for i, g in enumerate(gids.tolist()):
-                key = other._grid_keys[g]
-                gid = self._grid_ids.get(key)
-                if gid is None:
-                    gid = self._grid_ids[key] = len(self._grid_keys)
-                    self._grid_keys.append(key)
-                mapped[i] = gid
-            self._slots.append(slots.copy())
-            self._gids.append(mapped)
-            self._qs.append(qs.copy())
+        self._slots += [a.copy() for a in other._slots]
+        self._h1 += [a.copy() for a in other._h1]
+        self._h2 += [a.copy() for a in other._h2]
+        self._qs += [a.copy() for a in other._qs]
+        for key, value in other._grids.items():
+            self._grids.setdefault(key, value)
         for k, v in other.counts.items():
             self.counts[k] += v
 
     def result(self) -> VoteResult:
-        slots = np.concatenate(self._slots) if self._slots else np.zeros(0, np.int64)
-        gids = np.concatenate(self._gids) if self._gids else np.zeros(0, np.int64)
-        qs = np.concatenate(self._qs) if self._qs else np.zeros(0, np.float64)
-        n_grids = max(len(self._grid_keys), 1)
-        pair = slots * n_grids + gids
-        order = np.lexsort((qs, pair))  # by pair, q ascending inside: sums independent of feeding order
-        pair_sorted = pair[order]
-        starts = np.flatnonzero(np.r_[True, pair_sorted[1:] != pair_sorted[:-1]]) if pair.size else np.zeros(0, int)
-        counts = np.diff(np.r_[starts, pair.size])
-        sums = np.add.reduceat(qs[order], starts) if pair.size else np.zeros(0)
+        empty_i, empty_u = np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        slots = np.concatenate(self._slots) if self._slots else empty_i
+        h1 = np.concatenate(self._h1) if self._h1 else empty_u
+        h2 = np.concatenate(self._h2) if self._h2 else empty_u
+        qs = np.concatenate(self._qs) if self._qs else np.zeros(0)
+        # candidates: distinct (slot, grid); q summed in ascending order so that feeding order never matters
+        order = np.lexsort((qs, h2, h1, slots))
+        s_o, a_o, b_o = slots[order], h1[order], h2[order]
+        change = np.r_[True, (s_o[1:] != s_o[:-1]) | (a_o[1:] != a_o[:-1]) | (b_o[1:] != b_o[:-1])]
+        starts = np.flatnonzero(change) if slots.size else empty_i
+        counts = np.diff(np.r_[starts, slots.size])
+        sums = np.add.reduceat(qs[order], starts) if slots.size else np.zeros(0)
         means = sums / np.maximum(counts, 1)
-        cand_pair = pair_sorted[starts]
-        cand_slot, cand_gid = cand_pair // n_grids, cand_pair % n_grids
-        # rank: slot, count desc, mean desc; exact ties resolved by grid order below
-        rank = np.lexsort((-means, -counts, cand_slot))
-        cand_slot, cand_gid, counts, means = cand_slot[rank], cand_gid[rank], counts[rank], means[rank]
-        bounds = np.searchsorted(cand_slot, np.arange(len(self.slot_task) + 1))
+        c_slot, c_h1, c_h2 = s_o[starts], a_o[starts], b_o[starts]
+        # order inside a slot: count desc, mean desc, then the grid (height, width, cells) ascending
+        rank = np.lexsort((-means, -counts, c_slot))
+        c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
+        tie = np.r_[False, (c_slot[1:] == c_slot[:-1]) & (counts[1:] == counts[:-1]) & (means[1:] == means[:-1])]
+        tied = np.flatnonzero(tie | np.r_[tie[1:], False])
+        if tied.size:
+            keys = np.zeros((tied.size, 2 + _PADDED), dtype=np.uint8)
+            for i, c in enumerate(tied.tolist()):
+                canvas, h, w = self._grids[(int(c_h1[c]), int(c_h2[c]))]
+                keys[i, 0], keys[i, 1], keys[i, 2:] = h, w, canvas
+            grid_rank = np.zeros(c_slot.size, dtype=np.int64)
+            grid_rank[tied] = np.argsort(np.argsort(keys.view(np.dtype((np.void, keys.shape[1]))).ravel(),
+                                                    kind="stable"), kind="stable")
+            rank = np.lexsort((grid_rank, -means, -counts, c_slot))
+            c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
+        n_slots = len(self.slot_task)
+        bounds = np.searchsorted(c_slot, np.arange(n_slots + 1))
+        # where each known truth ranks in its slot
+        truth_rank = np.full(n_slots, -1, dtype=np.int64)
+        t1 = np.array([k[0] if k else 0 for k in self._truth_key] or [0], dtype=np.uint64)
+        t2 = np.array([k[1] if k else 0 for k in self._truth_key] or [0], dtype=np.uint64)
+        if c_slot.size:
+            hit = np.flatnonzero((c_h1 == t1[c_slot]) & (c_h2 == t2[c_slot]))
+            hit = hit[[self._truth_key[s] is not None for s in c_slot[hit].tolist()]] if hit.size else hit
+            truth_rank[c_slot[hit]] = hit - bounds[c_slot[hit]]
 
-        submission: dict = {}
-        votes: dict = {}
-        passed: dict = {}
-        fallback: dict = {}
+        submission, votes, passed, fallback, ncand = {}, {}, {}, {}, {}
         totals = [0.0] * len(self.pass_ks)
-        scored = 0
-        no_pred = 0
+        scored = no_pred = 0
         for t, name in enumerate(self.tasks):
-            entries, task_votes, task_pass, task_fb = [], [], [], []
+            entries, task_votes, task_pass, task_fb, task_n = [], [], [], [], []
             correct = [0] * len(self.pass_ks)
             known = 0
             for s in self.task_slots[t]:
                 a, b = int(bounds[s]), int(bounds[s + 1])
-                items = list(zip(cand_gid[a:b].tolist(), counts[a:b].tolist(), means[a:b].tolist()))
-                items = _break_ties(items, self._grid_keys)
-                truth = self.slot_truth[s]
-                truth_gid = self._grid_ids.get(_key(truth)) if truth is not None else None
-                cands = [Candidate(_as_grid(self._grid_keys[g]), c, m, None if truth is None else g == truth_gid)
-                         for g, c, m in items]
+                truth_known = self._truth_key[s] is not None
+                cands = []
+                for c in range(a, min(b, a + self.keep_votes)):
+                    canvas, h, w = self._grids[(int(c_h1[c]), int(c_h2[c]))]
+                    cands.append(Candidate(_grid_of(canvas, h, w), int(counts[c]), float(means[c]),
+                                           (c - a == truth_rank[s]) if truth_known else None))
                 task_votes.append(cands)
+                task_n.append(b - a)
                 if cands:
                     attempts = [c.grid for c in cands[: self.submission_k]]
-                    task_fb.append(False)
                 else:
                     attempts = [self.slot_input[s]]
                     no_pred += 1
-                    task_fb.append(True)
+                task_fb.append(not cands)
                 while len(attempts) < self.submission_k:
                     attempts.append(attempts[0])
                 entries.append({f"attempt_{i + 1}": g.tolist() for i, g in enumerate(attempts)})
                 oks = {}
-                if truth is not None:
+                if truth_known:
                     known += 1
-                    gids_ranked = [g for g, _, _ in items]
+                    r = int(truth_rank[s])
                     for i, k in enumerate(self.pass_ks):
-                        ok = truth_gid is not None and truth_gid in gids_ranked[:k]
+                        ok = 0 <= r < k
                         correct[i] += ok
-                        oks[k] = bool(ok)
+                        oks[k] = ok
                 task_pass.append(oks)
             if known:
                 scored += 1
                 for i in range(len(self.pass_ks)):
                     totals[i] += correct[i] / known
-            submission[name] = entries
-            votes[name] = task_votes
-            passed[name] = task_pass
-            fallback[name] = task_fb
+            submission[name], votes[name], passed[name] = entries, task_votes, task_pass
+            fallback[name], ncand[name] = task_fb, task_n
         p = self.prefix
         metrics: dict[str, float] = {f"{p}/pass@{k}": (totals[i] / scored if scored else 0.0)
                                      for i, k in enumerate(self.pass_ks)}
         metrics.update({
             f"{p}/tasks": len(self.tasks),
             f"{p}/tasks_scored": scored,
-            f"{p}/test_inputs": len(self.slot_task),
+            f"{p}/test_inputs": n_slots,
             f"{p}/test_inputs_without_predictions": no_pred,
-            f"{p}/candidates": int(cand_gid.size),
+            f"{p}/candidates": int(c_slot.size),
         })
         metrics.update({f"{p}/{k}": v for k, v in self.counts.items()})
-        return VoteResult(metrics, submission, votes, passed, fallback, p)
+        return VoteResult(metrics, submission, votes, passed, fallback, p, ncand)
+
+
+CHUNK = 2048  # rows processed at once: keeps the temporaries in cache
 
 
 def _tokens(arr: np.ndarray, what: str) -> np.ndarray:
@@ -431,26 +589,6 @@ def _tokens(arr: np.ndarray, what: str) -> np.ndarray:
             raise ValueError(f"Voter.add: {what} tokens must lie in 0..11")
         arr = arr.astype(np.uint8)
     return np.ascontiguousarray(arr)
-
-
-def _as_grid(key: tuple[int, int, bytes]) -> np.ndarray:
-    h, w, data = key
-    return np.frombuffer(data, dtype=np.uint8).reshape(h, w)
-
-
-def _break_ties(items: list[tuple[int, int, float]], keys: list) -> list[tuple[int, int, float]]:
-    """Reorder runs of equal (count, mean) by the grid (height, width, cells) ascending."""
-    out, i = [], 0
-    while i < len(items):
-        j = i + 1
-        while j < len(items) and items[j][1] == items[i][1] and items[j][2] == items[i][2]:
-            j += 1
-        run = items[i:j]
-        if len(run) > 1:
-            run = sorted(run, key=lambda it: keys[it[0]])
-        out.extend(run)
-        i = j
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- files

