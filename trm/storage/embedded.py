@@ -163,7 +163,8 @@ class EmbeddedS3:
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}", "-admin.ui=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0", "-webdav=false", "-master.telemetry=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
             f"-s3.config={self.data_dir / 'conf' / 's3.json'}",
         ]
 
