@@ -127,13 +127,15 @@ def test_trm_home(tmp_path, monkeypatch):
 
 
 def test_secret_never_in_str_or_repr():
+    token = "session-token-never-shown-5678"
     cfg = S3Config.from_env({"TRM_S3_ENDPOINT": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "key-id",
-                             "AWS_SECRET_ACCESS_KEY": SECRET})
+                             "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": token})
     store = S3Store(cfg)
-    for text in (str(cfg), repr(cfg), str(store), repr(store), str(vars(cfg).keys())):
-        assert SECRET not in text
+    for text in (str(cfg), repr(cfg), f"{cfg!r}", str(store), repr(store), str([cfg, store])):
+        assert SECRET not in text and token not in text
     assert "key-id" in str(cfg) and "***" in str(cfg)
-    assert cfg.env()["AWS_SECRET_ACCESS_KEY"] == SECRET  # children do get it
+    assert cfg.env()["AWS_SECRET_ACCESS_KEY"] == SECRET  # children do get them
+    assert cfg.env()["AWS_SESSION_TOKEN"] == token
 
 
 def closed_port() -> int:

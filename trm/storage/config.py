@@ -9,7 +9,7 @@
 | variable | meaning | default |
 |---|---|---|
 | TRM_S3_ENDPOINT (else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL) | S3 endpoint URL | unset |
-| AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY | credentials | unset |
+| AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) | credentials | unset |
 | AWS_REGION (else AWS_DEFAULT_REGION) | region | us-east-1 |
 | TRM_S3_BUCKET | bucket for run artifacts | trm |
 | TRM_S3_RETRY_SECONDS | how long a network call keeps retrying a dead or failing server | 60 |
@@ -56,6 +56,7 @@ class S3Config:
     bucket: str = DEFAULT_BUCKET
     retry_seconds: float = DEFAULT_RETRY_SECONDS
     endpoint_var: str = "TRM_S3_ENDPOINT"  # which variable the endpoint came from (for error messages)
+    session_token: str | None = field(default=None, repr=False)  # AWS_SESSION_TOKEN (temporary credentials)
 
     def __post_init__(self) -> None:
         if self.endpoint is not None:
@@ -83,6 +84,7 @@ class S3Config:
             bucket=env.get("TRM_S3_BUCKET") or DEFAULT_BUCKET,
             retry_seconds=retry_seconds,
             endpoint_var=endpoint_var or "TRM_S3_ENDPOINT",
+            session_token=env.get("AWS_SESSION_TOKEN") or None,
         )
 
     def require(self) -> "S3Config":
@@ -129,6 +131,8 @@ class S3Config:
             out["AWS_ACCESS_KEY_ID"] = self.access_key
         if self.secret_key:
             out["AWS_SECRET_ACCESS_KEY"] = self.secret_key
+        if self.session_token:
+            out["AWS_SESSION_TOKEN"] = self.session_token
         return out
 
     def __str__(self) -> str:

@@ -87,9 +87,13 @@ def _retryable(exc: BaseException) -> bool:
 
 def _http_client(connect_timeout: float, read_timeout: float) -> urllib3.PoolManager:
     # Retries are ours (bounded by time, whole-operation), so urllib3 must not retry on its own.
+    import certifi
+
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         maxsize=16,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         retries=urllib3.Retry(total=0, redirect=0, raise_on_status=False),
     )
 
@@ -106,7 +110,7 @@ class S3Store:
         self.workers = max(1, int(workers))
         netloc, secure = config.split_endpoint()
         self._client = Minio(netloc, access_key=config.access_key, secret_key=config.secret_key,
-                             secure=secure, region=config.region,
+                             session_token=config.session_token, secure=secure, region=config.region,
                              http_client=_http_client(connect_timeout, read_timeout))
         self._buckets: set[str] = set()
         self._lock = threading.Lock()
@@ -125,8 +129,10 @@ class S3Store:
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        secret = self.config.secret_key
-        return text.replace(secret, "***") if secret else text
+        for secret in (self.config.secret_key, self.config.session_token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def _retry(self, what: str, fn: Callable[[], T], deadline_s: float | None = None) -> T:
         """Call fn until it succeeds, a non-retryable error occurs, or the deadline passes."""
@@ -447,7 +453,8 @@ _STORES_LOCK = threading.Lock()
 def open_store(config: S3Config | None = None) -> S3Store:
     """A shared S3Store for `config` (default: from the environment), created once per process and config."""
     config = S3Config.from_env() if config is None else config
-    key = (config.endpoint, config.access_key, config.secret_key, config.region, config.retry_seconds)
+    key = (config.endpoint, config.access_key, config.secret_key, config.session_token, config.region,
+           config.retry_seconds)
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
