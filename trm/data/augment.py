@@ -13,6 +13,8 @@ only from the generator they are given, so a task's variants depend on nothing b
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from trm.data.validate import MAX_GRID, Task
@@ -154,28 +156,56 @@ def _mix64(x: np.ndarray, k: int) -> np.ndarray:
     return x
 
 
+_CELL_W_FLAT = _CELL_W.reshape(2, 2, SEQ_LEN)
+
+
+@functools.lru_cache(maxsize=None)
+def _coords(h: int, w: int) -> np.ndarray:
+    """[8, h*w] flat canvas position (row * 30 + col) of each source cell under each transform (read-only)."""
+    rows, cols = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    out = np.stack([tr * MAX_GRID + tc for tr, tc in (_transform_coords(rows, cols, h, w, t) for t in range(NUM_TRANSFORMS))])
+    out.setflags(write=False)
+    return out
+
+
+def _shape(h: int, w: int, tid: int) -> tuple[int, int]:
+    return (w, h) if tid in (1, 3, 6, 7) else (h, w)
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes(h: int, w: int) -> np.ndarray:
+    """[8, 2] transformed shape per transform."""
+    return np.array([_shape(h, w, t) for t in range(NUM_TRANSFORMS)], dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _eos_cells(h0: int, w0: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per transform: flat positions of the EOS row (below the grid) and EOS column (right of it) at (0, 0)."""
+    out = []
+    for tid in range(NUM_TRANSFORMS):
+        h, w = _shape(h0, w0, tid)
+        out.append((h * MAX_GRID + np.arange(w, dtype=np.int64), np.arange(h, dtype=np.int64) * MAX_GRID + w))
+    return out
+
+
 def _colour_sums(grid: np.ndarray | None, side: int) -> np.ndarray:
-    """[8 transforms, 2 hashes, 10 colours] partial sums, plus the shape code folded into colour 0's slot."""
+    """[8 transforms, 2 hashes, 10 colours]: per colour, the sum of the cell weights where that colour lands."""
     sums = np.zeros((NUM_TRANSFORMS, 2, 10), dtype=np.uint64)
     if grid is None:
         return sums
-    onehot = (grid[None, :, :] == np.arange(10, dtype=np.uint8)[:, None, None]).astype(np.uint64)  # [10,h,w]
-    for tid in range(NUM_TRANSFORMS):
-        th, tw = dihedral(grid, tid).shape
-        for k in range(2):
-            weights = inverse_dihedral(_CELL_W[k, side, :th, :tw], tid)  # weight of each source cell
-            with np.errstate(over="ignore"):
-                sums[tid, k] = (onehot * weights[None]).sum(axis=(1, 2), dtype=np.uint64)
+    flat = grid.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    colours, starts = np.unique(flat[order], return_index=True)
+    weights = _CELL_W_FLAT[:, side][:, _coords(*grid.shape)[:, order]]  # [2 hashes, 8, n]
+    with np.errstate(over="ignore"):
+        partial = np.add.reduceat(weights, starts, axis=-1, dtype=np.uint64)  # [2, 8, n_colours]
+    sums[:, :, colours] = partial.transpose(1, 0, 2)
     return sums
 
 
 def _shape_codes(grid: np.ndarray | None, side: int) -> np.ndarray:
-    codes = np.zeros((NUM_TRANSFORMS, 2), dtype=np.uint64)
     h, w = (0, 0) if grid is None else grid.shape
-    for tid in range(NUM_TRANSFORMS):
-        th, tw = (w, h) if tid in (1, 3, 6, 7) else (h, w)
-        codes[tid] = _SHAPE_CODE[:, side, th, tw]
-    return codes
+    return np.stack([_SHAPE_CODE[:, side, th, tw] for th, tw in (_shape(h, w, t) for t in range(NUM_TRANSFORMS))])
 
 
 class TaskHasher:
@@ -253,37 +283,49 @@ def plan_variants(examples: list, num_aug: int, rng: np.random.Generator) -> tup
 
 
 class TaskLayout:
-    """The cells of every example under every transform, for fast rendering of variants.
+    """The cells of every example under every transform, concatenated over examples, for fast rendering.
 
-    Per (side, transform, example): flat canvas positions and tokens of the grid at offset (0, 0), and the
-    positions of its EOS row (kept when r + h < 30) and EOS column (kept when c + w < 30).
+    Per side (input/output): positions [8, C] of all grid cells at offset (0, 0), their tokens [C] and example
+    index [C]; per transform the EOS-row cells (kept when r + h < 30) and EOS-column cells (kept when c + w < 30).
     """
 
     def __init__(self, examples: list[tuple[np.ndarray, np.ndarray | None]]):
         self.n = len(examples)
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0)
-        self.cells = [[[empty] * self.n for _ in range(NUM_TRANSFORMS)] for _ in range(2)]
-        self.extent = np.zeros((NUM_TRANSFORMS, max(self.n, 1), 2), dtype=np.int64)  # max(h), max(w) of the pair
-        for e, pair in enumerate(examples):
-            for side, grid in enumerate(pair):
+        self.sides = []
+        extent = np.zeros((2, NUM_TRANSFORMS, max(self.n, 1), 2), dtype=np.int64)
+        for side in range(2):
+            pos, tok, ex = [np.zeros((NUM_TRANSFORMS, 0), np.int64)], [np.zeros(0, np.uint8)], [np.zeros(0, np.int64)]
+            eos_pieces, eos_counts = [], []  # per example: cached [8] (row pos, col pos); [8, 2] lengths
+            hw = np.zeros((NUM_TRANSFORMS, max(self.n, 1), 2), dtype=np.int64)
+            for e, pair in enumerate(examples):
+                grid = pair[side]
                 if grid is None:
+                    eos_pieces.append(None)
                     continue
                 h0, w0 = grid.shape
-                rows, cols = np.divmod(np.arange(h0 * w0, dtype=np.int64), w0)
-                tokens = grid.reshape(-1) + COLOUR0
-                for tid in range(NUM_TRANSFORMS):
-                    # where source cell (i, j) lands under the transform, without materialising the grid
-                    tr, tc = _transform_coords(rows, cols, h0, w0, tid)
-                    h, w = (w0, h0) if tid in (1, 3, 6, 7) else (h0, w0)
-                    order = np.argsort(tr * MAX_GRID + tc, kind="stable")  # row-major writes
-                    pos = (tr * MAX_GRID + tc)[order]
-                    eos_row = h * MAX_GRID + np.arange(w, dtype=np.int64)
-                    eos_col = np.arange(h, dtype=np.int64) * MAX_GRID + w
-                    self.cells[side][tid][e] = (pos, tokens[order], eos_row, eos_col, h, w)
+                pos.append(_coords(h0, w0))
+                tok.append(grid.reshape(-1) + COLOUR0)
+                ex.append(np.full(h0 * w0, e, dtype=np.int64))
+                hw[:, e] = _shapes(h0, w0)
+                eos_pieces.append(_eos_cells(h0, w0))
+            eos = []
             for tid in range(NUM_TRANSFORMS):
-                hs = [self.cells[side][tid][e][4] for side in range(2)]
-                ws = [self.cells[side][tid][e][5] for side in range(2)]
-                self.extent[tid, e] = (max(hs), max(ws))
+                live = [(e, p[tid]) for e, p in enumerate(eos_pieces) if p is not None]
+                row_len = np.array([len(r) for _, (r, _) in live], dtype=np.int64)
+                col_len = np.array([len(c) for _, (_, c) in live], dtype=np.int64)
+                idx = np.array([e for e, _ in live], dtype=np.int64)
+                eos.append((
+                    np.concatenate([r for _, (r, _) in live]) if live else np.zeros(0, np.int64),
+                    np.repeat(idx, row_len),
+                    np.concatenate([c for _, (_, c) in live]) if live else np.zeros(0, np.int64),
+                    np.repeat(idx, col_len),
+                ))
+            self.sides.append({
+                "pos": np.concatenate(pos, axis=1), "tok": np.concatenate(tok), "ex": np.concatenate(ex), "hw": hw,
+                "eos": eos,
+            })
+            extent[side] = hw
+        self.extent = extent.max(axis=0)  # [8, E, 2]: max(h), max(w) of each input/output pair
 
     def draw_offsets(self, tids: np.ndarray, rng: np.random.Generator, translate: bool) -> np.ndarray:
         """[V, E, 2] offsets: uniform over the canvas, except one random example per variant at (0, 0)."""
@@ -305,20 +347,17 @@ class TaskLayout:
         base = (np.arange(v, dtype=np.int64) * self.n)[:, None] + np.arange(self.n)[None, :]  # [V, E] row ids
         shift = offsets[..., 0] * MAX_GRID + offsets[..., 1] + base * SEQ_LEN  # [V, E]
         groups = [(tid, np.flatnonzero(tids == tid)) for tid in np.unique(tids).tolist()]
-        for side in range(2):
+        for cells in self.sides:
             out = np.zeros(rows * SEQ_LEN, dtype=np.uint8)
             for tid, sel in groups:
-                lut = luts[sel]  # [v_t, 12]
-                for e in range(self.n):
-                    pos, tok, eos_row, eos_col, h, w = self.cells[side][tid][e]
-                    if pos.size == 0:
-                        continue
-                    at = shift[sel, e]
-                    out[at[:, None] + pos[None, :]] = lut[:, tok]
-                    keep = at[offsets[sel, e, 0] + h < MAX_GRID]
-                    out[keep[:, None] + eos_row[None, :]] = EOS
-                    keep = at[offsets[sel, e, 1] + w < MAX_GRID]
-                    out[keep[:, None] + eos_col[None, :]] = EOS
+                at, off = shift[sel], offsets[sel]
+                out[at[:, cells["ex"]] + cells["pos"][tid]] = luts[sel][:, cells["tok"]]
+                row_pos, row_ex, col_pos, col_ex = cells["eos"][tid]
+                h, w = cells["hw"][tid, :, 0], cells["hw"][tid, :, 1]
+                keep = off[:, row_ex, 0] + h[row_ex] < MAX_GRID
+                out[(at[:, row_ex] + row_pos)[keep]] = EOS
+                keep = off[:, col_ex, 1] + w[col_ex] < MAX_GRID
+                out[(at[:, col_ex] + col_pos)[keep]] = EOS
             result.append(out.reshape(rows, SEQ_LEN))
         return result[0], result[1]
 
