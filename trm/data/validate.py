@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAX_GRID = 30
+_INT = {int}
 
 
 @dataclass
@@ -48,7 +49,8 @@ def _fast_grid(obj) -> np.ndarray | None:
         return None
     if arr.ndim != 2 or arr.dtype.kind != "i" or not 0 < arr.shape[0] <= MAX_GRID or not 0 < arr.shape[1] <= MAX_GRID:
         return None
-    if arr.min() < 0 or arr.max() > 9 or any(type(v) is not int for row in obj for v in row):
+    # JSON true/false mixed into ints would pass as 1/0 in numpy; only plain ints are colours
+    if arr.min() < 0 or arr.max() > 9 or not all(set(map(type, row)) == _INT for row in obj):
         return None
     return arr.astype(np.uint8)
 
