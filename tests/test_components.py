@@ -211,6 +211,37 @@ def test_evaluate_and_export(s3_env, trained, tmp_path):
                                   run_root=root, final=final)
     assert final.metadata["uri"] == f"{root}/submission.json"
     entries = read_json(f"{root}/submission.json")
-    validate(entries, read_json(f"{root}/dataset/test_puzzles.json"))
+    assert validate(entries, read_json(f"{root}/dataset/test_puzzles.json")) == []
     run = read_json(f"{root}/run.json")
     assert run["checkpoint"] == model.metadata["uri"] and run["submission"] == f"{root}/submission.json"
+
+
+def test_export_submission_validates_and_publishes(s3_env, built, tmp_path):
+    """export alone: a submission made of the true outputs passes; one with a task missing fails naming it."""
+    from components.export_submission import export_submission
+    from components.runtime import read_json, write_json
+    from trm.evaluation.submission import SubmissionError
+
+    root, dataset = built
+    tasks = read_json(f"{root}/dataset/test_puzzles.json")
+    good = {tid: [{"attempt_1": t["test"][i]["output"], "attempt_2": t["test"][i]["input"]}
+                  for i in range(len(t["test"]))] for tid, t in tasks.items()}
+    write_json(f"{root}/eval/step-7/submission.json", good)
+    model = artifact(dsl.Model, tmp_path, "model")
+    model.metadata.update(uri=f"{root}/checkpoints/step-7", step=7)
+    submission = artifact(dsl.Artifact, tmp_path, "sub")
+    submission.metadata.update(uri=f"{root}/eval/step-7/submission.json", step=7,
+                               report=f"{root}/eval/step-7/report.html")
+    final = artifact(dsl.Artifact, tmp_path, "final")
+    export_submission.python_func(s3_endpoint="", submission=submission, dataset=dataset, model=model,
+                                  run_root=root, final=final)
+    assert read_json(f"{root}/submission.json") == good
+    run = read_json(f"{root}/run.json")
+    assert (run["checkpoint"], run["step"], run["tasks"]) == (f"{root}/checkpoints/step-7", 7, len(tasks))
+
+    missing = sorted(good)[0]
+    write_json(f"{root}/eval/step-8/submission.json", {k: v for k, v in good.items() if k != missing})
+    submission.metadata["uri"] = f"{root}/eval/step-8/submission.json"
+    with pytest.raises(SubmissionError, match=f"task {missing}: missing"):
+        export_submission.python_func(s3_endpoint="", submission=submission, dataset=dataset, model=model,
+                                      run_root=root + "-bad", final=artifact(dsl.Artifact, tmp_path, "final2"))

@@ -52,7 +52,7 @@ def test_whole_pipeline_locally(s3_server, s3_env, tmp_path):
     # the submission in the bucket validates against the test tasks; the report exists and is HTML
     entries = read_json(summary["submission"])
     tasks = read_json(f"{summary['dataset']}/test_puzzles.json")
-    validate(entries, tasks)
+    assert validate(entries, tasks) == []
     assert set(entries) == set(tasks) and len(entries) == 3
     assert read_bytes(summary["report"]).lstrip().lower().startswith(b"<!doctype html")
     assert exists(summary["checkpoint"] + "/meta.json")

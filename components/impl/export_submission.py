@@ -10,8 +10,6 @@ from components import settings
 
 
 def run(submission, dataset, model, run_root: str, final) -> dict:
-    import json
-
     from components import runtime
     from trm.evaluation import submission as subm
 
@@ -19,9 +17,8 @@ def run(submission, dataset, model, run_root: str, final) -> dict:
     data_uri = runtime.pointer_uri(dataset)
     entries = runtime.read_json(source)
     tasks = runtime.read_json(runtime.join(data_uri, "test_puzzles.json"))
-    subm.validate(entries, tasks)
-    target = runtime.join(run_root, "submission.json")
-    runtime.write_bytes(target, json.dumps(entries, separators=(",", ":")).encode())
+    subm.check(entries, tasks)  # SubmissionError (a ValueError) listing every problem by task and index
+    target = subm.write(subm.ordered(entries, tasks), runtime.join(run_root, "submission.json"))
     meta = submission.metadata or {}
     summary = {
         "run_root": run_root,
