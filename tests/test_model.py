@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trm.model import IGNORE_LABEL_ID, TRM, LossHead, ModelConfig, stablemax_cross_entropy
-from trm.model.layers import apply_rope, rms_norm
+from trm.model.layers import apply_rope, interleaved_to_half, rms_norm
 
 
 def small_config(**kw) -> ModelConfig:
@@ -105,12 +105,16 @@ def test_stablemax_matches_formula():
 
 def test_rope_equals_rotate_half_form():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 3, 8, generator=g)
+    x = torch.randn(2, 3, 5, 8, generator=g)  # [B, heads, S, D]
     angles = torch.randn(5, 4, generator=g)
     full_cos, full_sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
     rotated = torch.cat((-x[..., 4:], x[..., :4]), -1)
-    want = x * full_cos[:, None] + rotated * full_sin[:, None]
-    torch.testing.assert_close(apply_rope(x, angles.cos(), angles.sin()), want)
+    want = x * full_cos + rotated * full_sin
+    got = apply_rope(x.transpose(1, 2).transpose(1, 2), torch.complex(angles.cos(), angles.sin()))
+    assert got.is_contiguous()
+    torch.testing.assert_close(interleaved_to_half(got), want)
+    # the interleaving is the same permutation for q and k, so dot products over the head dim are unchanged
+    torch.testing.assert_close((got * got.flip(1)).sum(-1), (want * want.flip(1)).sum(-1))
 
 
 def test_rms_norm_in_float32():

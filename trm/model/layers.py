@@ -53,10 +53,14 @@ def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, bound: float = 2.0,
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weightless RMS norm over the last dim, computed in float32 and returned in x's dtype."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), eps=eps)
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+    """Weightless RMS norm over the last dim, x / sqrt(mean(x^2) + eps), in float32, returned in x's dtype.
+
+    One reduction pass (vector_norm) and one multiply, instead of square, mean, add, rsqrt, multiply.
+    """
+    xf = x if x.dtype == torch.float32 else x.float()
+    scale = torch.linalg.vector_norm(xf, dim=-1, keepdim=True, dtype=torch.float32)
+    scale = torch.rsqrt(scale.square() / x.shape[-1] + eps)
+    return xf * scale if x.dtype == torch.float32 else (xf * scale).to(x.dtype)
 
 
 class Linear(nn.Module):
@@ -91,10 +95,10 @@ class Embedding(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables for `positions` positions: the half-size cos/sin of position * theta^(-2i/head_dim).
+    """RoPE tables for `positions` positions: cos/sin of position * theta^(-2i/head_dim), i < head_dim/2.
 
-    The full tables of the usual formulation are cat(freqs, freqs); we keep only one half since both halves
-    are equal, and rotate with x1*c - x2*s, x2*c + x1*s (the same numbers as rotate-half). Non-persistent.
+    The usual full tables are cat(freqs, freqs) with rotate-half; both halves are equal, so we keep one half
+    (non-persistent float32 buffers) and `table()` gives them as one complex tensor [S, head_dim/2].
     """
 
     def __init__(self, head_dim: int, positions: int, theta: float) -> None:
@@ -104,17 +108,29 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
+    def table(self) -> torch.Tensor:
+        return torch.complex(self.cos.float(), self.sin.float())
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, S, H, D] (any strides) by the half tables cos/sin [S, D/2]; math in float32."""
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """RoPE on x [B, heads, S, D] (any strides) with the complex table [S, D/2]; math in float32.
+
+    Rotate-half RoPE turns the pair (x[i], x[i + D/2]) by angle i. We form the pairs as complex numbers,
+    multiply once, and return the result contiguous with each pair *interleaved*: out[..., 2i] is the
+    rotated x[i] and out[..., 2i+1] the rotated x[i + D/2]. This fixed permutation of the head dims, applied
+    to both q and k, leaves every q.k product (and so attention) unchanged.
+    """
     dtype = x.dtype
-    if dtype != cos.dtype:
-        x = x.to(cos.dtype)
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[:, None, :], sin[:, None, :]
-    out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
-    return out if out.dtype == dtype else out.to(dtype)
+    pairs = x.unflatten(-1, (2, half)).transpose(-1, -2)  # [..., D/2, 2]
+    pairs = pairs.to(torch.float32, memory_format=torch.contiguous_format) if dtype != torch.float32 else pairs.contiguous()
+    out = torch.view_as_real(torch.view_as_complex(pairs) * table).flatten(-2)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def interleaved_to_half(x: torch.Tensor) -> torch.Tensor:
+    """Undo apply_rope's pair interleaving (for tests and debugging): [..., D] -> rotate-half order."""
+    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
 
 
 class Attention(nn.Module):
@@ -127,23 +143,22 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(hidden_size, 3 * hidden_size)
         self.o_proj = Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         b, s, _ = x.shape
         h = self.num_heads
-        qkv = self.qkv_proj(x).view(b, s, 3 * h, self.head_dim)
+        qkv = self.qkv_proj(x).view(b, s, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, S, Dh] view
         if rope is not None:
-            qk = apply_rope(qkv[:, :, : 2 * h], *rope)
-            q, k = qk[:, :, :h], qk[:, :, h:]
+            qk = apply_rope(qkv[:, : 2 * h], rope)  # contiguous [B, 2H, S, Dh], head dims interleaved
+            q, k = qk[:, :h], qk[:, h:]
         else:
-            q, k = qkv[:, :, :h], qkv[:, :, h: 2 * h]
-        v = qkv[:, :, 2 * h:]
+            q, k = qkv[:, :h], qkv[:, h: 2 * h]
+        v = qkv[:, 2 * h:]
         if flash_available(q):
-            out = _flash_attn(q.contiguous(), k.contiguous(), v.contiguous(), causal=False)
+            out = _flash_attn(*(t.transpose(1, 2).contiguous() for t in (q, k, v)), causal=False)
             if isinstance(out, tuple):  # some flash-attn versions also return the log-sum-exp
                 out = out[0]
         else:
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            out = out.transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         return self.o_proj(out.reshape(b, s, h * self.head_dim))
 
 
@@ -157,7 +172,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+            return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))  # no autograd: reuse the buffer
 
 
 class Block(nn.Module):
@@ -169,7 +186,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(hidden_size, inter)
         self.eps = eps
 
-    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         h = rms_norm(h + self.self_attn(h, rope), self.eps)
         return rms_norm(h + self.mlp(h), self.eps)
 
@@ -181,7 +198,7 @@ class Reasoner(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(blocks)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         h = h + x
         for block in self.layers:
             h = block(h, rope)

@@ -100,10 +100,11 @@ class RecursiveCore(nn.Module):
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
 
-    def rope(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def rope(self) -> torch.Tensor | None:
+        """The complex RoPE table [total_len, head_dim/2], or None for learned positions."""
         if self.config.pos_encodings != "rope":
             return None
-        return self.rotary.cos, self.rotary.sin
+        return self.rotary.table()
 
     def embed(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
         c = self.config
