@@ -298,3 +298,16 @@ def test_bad_batches_are_rejected():
         voter.add(np.array([99]), tokens(x)[None], tokens(y)[None], np.zeros(1))
     with pytest.raises(ValueError, match="900"):
         voter.add(np.array([1]), np.zeros((1, 10)), np.zeros((1, 10)), np.zeros(1))
+
+
+@pytest.mark.parametrize("tid", range(8))
+def test_empty_crops_under_every_transform(tid):
+    puzzles, ids, x, y, maps = _toy(n_variants=8)
+    voter = Voter(puzzles, ids)
+    eos = np.zeros(900, np.uint8)
+    eos[0] = 1
+    feed(voter, [(2 + tid, augment(x, tid, maps[tid]), np.zeros(900, np.uint8)),
+                 (2 + tid, augment(x, tid, maps[tid]), eos),
+                 (2 + tid, augment(x, tid, maps[tid]), augment(y, tid, maps[tid]))])
+    res = voter.result()
+    assert res.metrics["ARC/empty_crops"] == 2 and res.metrics["ARC/pass@1"] == 1.0

@@ -364,12 +364,15 @@ class Voter:
         tinv = self._id_tinv[ids]
         buf = np.zeros((n, SEQ_LEN * 2 + 4), dtype=np.uint8)
         shift = np.zeros(n, dtype=np.int64)
+        cells = buf[:, :SEQ_LEN].view()
+        cells.shape = (n, GRID, GRID)  # a view of buf (raises rather than copy)
         edges = np.flatnonzero(np.r_[True, tinv[1:] != tinv[:-1], True])
         for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
             t = int(tinv[lo])
-            buf[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[...] = dihedral(mapped[lo:hi], t)
+            cells[lo:hi] = dihedral(mapped[lo:hi], t)
             if t:
                 shift[lo:hi] = _shift(t, h[lo:hi], w[lo:hi])
+        shift[h == 0] = 0  # empty crops: nothing to re-anchor
         windows = np.lib.stride_tricks.sliding_window_view(buf, _PADDED, axis=1)
         canon = windows[np.arange(n), shift]
         swap = _TRANSPOSING[tinv]
