@@ -87,8 +87,8 @@ def test_end_to_end_train_eval_checkpoint(tiny, tmp_path):
 
 
 def test_sigkill_and_resume_continue_exactly(tiny, tmp_path):
-    args = [*BASE, f"data_paths=[{tiny}]", "epochs=1000", "eval_interval=1000", "max_steps=40",
-            "checkpoint_every_n_steps=5", "keep_last=2", "ema=True", "run_name=kill"]
+    args = [*BASE, f"data_paths=[{tiny}]", "epochs=1000", "eval_interval=1000", "max_steps=24",
+            "checkpoint_every_n_steps=4", "keep_last=2", "ema=True", "run_name=kill"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     _run([*args, f"run_dir={whole}"])
 
@@ -97,32 +97,32 @@ def test_sigkill_and_resume_continue_exactly(tiny, tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:
-            if (broken / "checkpoints" / "step-10" / "meta.json").exists():
+            if (broken / "checkpoints" / "step-8" / "meta.json").exists():
                 break
             time.sleep(0.005)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     saved = sorted(int(p.name[5:]) for p in (broken / "checkpoints").glob("step-*") if (p / "meta.json").exists())
-    assert saved and saved[-1] < 40, f"the run finished before it was killed: {saved}"
+    assert saved and saved[-1] < 24, f"the run finished before it was killed: {saved}"
 
     _run([*args, f"run_dir={broken}"])
     a, b = _metrics(whole), _metrics(broken)
-    assert sorted(a) == sorted(b) == list(range(1, 41))
-    for step in range(1, 41):
+    assert sorted(a) == sorted(b) == list(range(1, 25))
+    for step in range(1, 25):
         for key in ("train/lm_loss", "train/q_halt_loss", "train/accuracy", "train/steps", "train/lr"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-9), (step, key)
 
 
 def test_two_gloo_ranks_equal_one_process(tiny, tmp_path):
-    args = [*BASE, f"data_paths=[{tiny}]", "epochs=1000", "eval_interval=1000", "max_steps=6",
+    args = [*BASE, f"data_paths=[{tiny}]", "epochs=1000", "eval_interval=1000", "max_steps=4",
             "arch.halt_exploration_prob=0.0", "evaluators=[]", "run_name=ddp"]
     one, two, accum = tmp_path / "one", tmp_path / "two", tmp_path / "accum"
     _run([*args, f"run_dir={one}"])
     _run([*args, f"run_dir={two}"], torchrun=2)
     _run([*args, f"run_dir={accum}", "micro_batch_size=2"])
     a, b, c = _metrics(one), _metrics(two), _metrics(accum)
-    assert sorted(a) == sorted(b) == sorted(c) == list(range(1, 7))
+    assert sorted(a) == sorted(b) == sorted(c) == list(range(1, 5))
     for step in a:
         for key in ("train/lm_loss", "train/q_halt_loss", "train/accuracy", "train/count"):
             assert b[step][key] == pytest.approx(a[step][key], abs=1e-5), ("2 ranks", step, key)

@@ -469,7 +469,13 @@ class Trainer:
             count = max(m.pop("count", 0.0), 1.0)
             result.update({f"{s}/{k}": v / count for k, v in m.items()})
         if want_vote:
-            result.update(self._vote([o for _, o in gathered]))
+            try:
+                result.update(self._vote([o for _, o in gathered]))
+            except (IndexError, KeyError, ValueError) as err:  # a voting bug must not end a long run
+                import traceback
+
+                traceback.print_exc()
+                print(f"[trm.train] step {self.step}: ARC voting failed ({err!r}); training goes on", file=sys.stderr)
         return result
 
     def _vote(self, per_rank: list[list[dict[str, np.ndarray]]]) -> dict[str, float]:
