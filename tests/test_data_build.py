@@ -281,3 +281,18 @@ def test_reference_tiny_dataset_parity(arc_dir, fixtures_dir, tmp_path):
                 at = (int(canvas.any(1).argmax()), int(canvas.any(0).argmax()))
                 assert np.array_equal(theirs["inputs"][row], encode(augment(pairs[e].input, tid, mapping), at))
                 assert np.array_equal(theirs["labels"][row], encode(augment(pairs[e].output, tid, mapping), at))
+
+
+def test_trm_cli_dispatch_and_reference_flags(small, tmp_path):
+    """`trm build-dataset` with the reference's flag spellings (incl. --test-set-name2 and the translation switch)."""
+    from trm.cli import main as trm_main
+
+    prefix = small[0]
+    out = tmp_path / "cli"
+    code = trm_main(["build-dataset", "--input-file-prefix", prefix, "--output-dir", str(out), "--subsets",
+                     "trainsmall", "evalsmall", "--test-set-name2", "evalsmall", "--num-aug", "2", "--seed", "7",
+                     "--puzzle-identifiers-start", "1", "--no-enable-train-translation", "--workers", "1", "--quiet"])
+    assert code == 0
+    assert json.loads((out / "test" / "dataset.json").read_text())["total_groups"] == 6
+    train = load_split(out, "train")
+    assert all((row.reshape(30, 30) >= 2)[0, 0] for row in train["inputs"])

@@ -30,6 +30,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,14 +385,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not config.test_set_name:
         log.warning("no --test-set-name: every subset goes to the train split and no test split is written")
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM (e.g. a pod being stopped) unwinds like Ctrl-C, so the temporary folder is removed.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         build_dataset(config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"trm build-dataset: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
