@@ -110,9 +110,11 @@ def test_rope_equals_rotate_half_form():
     full_cos, full_sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
     rotated = torch.cat((-x[..., 4:], x[..., :4]), -1)
     want = x * full_cos + rotated * full_sin
-    got = apply_rope(x.transpose(1, 2).transpose(1, 2), torch.complex(angles.cos(), angles.sin()))
+    got = apply_rope(x.transpose(1, 2).transpose(1, 2), angles.cos(), angles.sin())
     assert got.is_contiguous()
     torch.testing.assert_close(interleaved_to_half(got), want)
+    compiled = torch.compile(apply_rope, backend="eager", fullgraph=True)  # the real-arithmetic branch
+    torch.testing.assert_close(compiled(x, angles.cos(), angles.sin()), got)
     # the interleaving is the same permutation for q and k, so dot products over the head dim are unchanged
     torch.testing.assert_close((got * got.flip(1)).sum(-1), (want * want.flip(1)).sum(-1))
 

@@ -98,7 +98,7 @@ class Rotary(nn.Module):
     """RoPE tables for `positions` positions: cos/sin of position * theta^(-2i/head_dim), i < head_dim/2.
 
     The usual full tables are cat(freqs, freqs) with rotate-half; both halves are equal, so we keep one half
-    (non-persistent float32 buffers) and `table()` gives them as one complex tensor [S, head_dim/2].
+    (non-persistent float32 buffers, computed once).
     """
 
     def __init__(self, head_dim: int, positions: int, theta: float) -> None:
@@ -108,23 +108,24 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def table(self) -> torch.Tensor:
-        return torch.complex(self.cos.float(), self.sin.float())
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on x [B, heads, S, D] (any strides) with the half tables cos/sin [S, D/2]; math in float32.
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """RoPE on x [B, heads, S, D] (any strides) with the complex table [S, D/2]; math in float32.
-
-    Rotate-half RoPE turns the pair (x[i], x[i + D/2]) by angle i. We form the pairs as complex numbers,
-    multiply once, and return the result contiguous with each pair *interleaved*: out[..., 2i] is the
-    rotated x[i] and out[..., 2i+1] the rotated x[i + D/2]. This fixed permutation of the head dims, applied
-    to both q and k, leaves every q.k product (and so attention) unchanged.
+    Rotate-half RoPE turns the pair (x[i], x[i + D/2]) by angle i. The result comes back contiguous with each
+    pair *interleaved*: out[..., 2i] is the rotated x[i], out[..., 2i+1] the rotated x[i + D/2]. This fixed
+    permutation of the head dims, applied to both q and k, leaves every q.k product (so attention) unchanged,
+    and lets eager mode rotate with a single complex multiply over one contiguous copy.
     """
     dtype = x.dtype
     half = x.shape[-1] // 2
-    pairs = x.unflatten(-1, (2, half)).transpose(-1, -2)  # [..., D/2, 2]
-    pairs = pairs.to(torch.float32, memory_format=torch.contiguous_format) if dtype != torch.float32 else pairs.contiguous()
-    out = torch.view_as_real(torch.view_as_complex(pairs) * table).flatten(-2)
+    pairs = x.unflatten(-1, (2, half)).transpose(-1, -2)  # [..., D/2, 2] views of (x[i], x[i + D/2])
+    if torch.compiler.is_compiling():  # inductor has no complex codegen; the same numbers in real arithmetic
+        x1, x2 = pairs[..., 0].float(), pairs[..., 1].float()
+        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    else:
+        pairs = torch.empty(pairs.shape, dtype=torch.float32, device=pairs.device).copy_(pairs)  # one pass
+        out = torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin)).flatten(-2)
     return out if dtype == torch.float32 else out.to(dtype)
 
 
@@ -143,12 +144,12 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(hidden_size, 3 * hidden_size)
         self.o_proj = Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         b, s, _ = x.shape
         h = self.num_heads
         qkv = self.qkv_proj(x).view(b, s, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, S, Dh] view
         if rope is not None:
-            qk = apply_rope(qkv[:, : 2 * h], rope)  # contiguous [B, 2H, S, Dh], head dims interleaved
+            qk = apply_rope(qkv[:, : 2 * h], *rope)  # contiguous [B, 2H, S, Dh], head dims interleaved
             q, k = qk[:, :h], qk[:, h:]
         else:
             q, k = qkv[:, :h], qkv[:, h: 2 * h]
@@ -186,7 +187,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(hidden_size, inter)
         self.eps = eps
 
-    def forward(self, h: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         h = rms_norm(h + self.self_attn(h, rope), self.eps)
         return rms_norm(h + self.mlp(h), self.eps)
 
@@ -198,7 +199,7 @@ class Reasoner(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(blocks)
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         h = h + x
         for block in self.layers:
             h = block(h, rope)

@@ -100,11 +100,11 @@ class RecursiveCore(nn.Module):
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
 
-    def rope(self) -> torch.Tensor | None:
-        """The complex RoPE table [total_len, head_dim/2], or None for learned positions."""
+    def rope(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The RoPE half tables (cos, sin) [total_len, head_dim/2], or None for learned positions."""
         if self.config.pos_encodings != "rope":
             return None
-        return self.rotary.table()
+        return self.rotary.cos, self.rotary.sin
 
     def embed(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
         c = self.config
