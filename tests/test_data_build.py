@@ -225,7 +225,7 @@ def test_interrupted_build_leaves_no_dataset(arc_dir, tmp_path, sig):
             break
         time.sleep(0.01)
     assert started, "the build never reached the writing stage"
-    time.sleep(0.2)
+    time.sleep(0.05)
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
