@@ -51,8 +51,8 @@ def grid_html(grid, max_px: int = 160) -> str:
             f'grid-auto-rows:{cell}px" title="{h}x{w}">{cells}</div>')
 
 
-def _panel(caption: str, grid) -> str:
-    return f'<div class="panel"><div class="cap">{html.escape(caption)}</div>{grid_html(grid)}</div>'
+def _panel(caption: str, grid, mark: str = "") -> str:
+    return f'<div class="panel"><div class="cap">{html.escape(caption)} {mark}</div>{grid_html(grid)}</div>'
 
 
 def _mark(ok) -> str:
@@ -103,8 +103,10 @@ def render_html(result, test_puzzles: dict, title: str = "TRM evaluation") -> st
             out.append('<div class="row">')
             if "input" in pair:
                 out.append(_panel("test input", pair["input"]))
+            truth = pair.get("output")
             for a in sorted(k for k in entry if k.startswith("attempt_")):
-                out.append(_panel(a.replace("_", " "), entry[a]))
+                mark = _mark(entry[a] == truth) if truth is not None else ""
+                out.append(_panel(a.replace("_", " "), entry[a], mark))
             if pair.get("output") is not None:
                 out.append(_panel("truth", pair["output"]))
             rows = "".join(f"<tr><td>{i + 1}</td><td>{c.count}</td><td>{c.mean_q:.3f}</td>"
