@@ -147,3 +147,28 @@ def test_evaluate_s3_in_and_out(step_folder, fixtures_dir, tmp_path, s3_env):
     submission = json.loads(store.read_bytes("s3://trm/evaltest/eval/step-1/submission.json"))
     assert validate(submission, puzzles) == []
     assert "ARC/pass@2" in json.loads(store.read_bytes("s3://trm/evaltest/eval/step-1/metrics.json"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(step_folder, fixtures_dir, tmp_path):
+    """Two CPU ranks (gloo) each take their slice of every batch; rank 0 gathers in dataset order."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dataset = fixtures_dir / "tiny_dataset"
+    common = ["--checkpoint", step_folder, "--data", str(dataset), "--batch-size", "8", "--device", "cpu",
+              "--save-outputs", "--log-every", "0"]
+    assert evaluate_main(common + ["--output-dir", str(tmp_path / "one")]) == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29531", "-m",
+                           "trm.evaluation.evaluate", *common, "--output-dir", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = load_outputs(tmp_path / "one" / "outputs.npz"), load_outputs(tmp_path / "two" / "outputs.npz")
+    assert (one["puzzle_identifiers"] == two["puzzle_identifiers"]).all()
+    assert (one["inputs"] == two["inputs"]).all()
+    assert (one["preds"] == two["preds"]).mean() > 0.999
+    assert json.loads((tmp_path / "two" / "evaluation.json").read_text())["world_size"] == 2

@@ -296,9 +296,10 @@ class Voter:
     @classmethod
     def from_dataset(cls, path, **kwargs) -> "Voter":
         """From a dataset folder; the test split's identifiers are prepared in one go when present."""
+        path = localize_path(str(path))
         test_puzzles, identifiers = load_dataset_files(path)
         voter = cls(test_puzzles, identifiers, **kwargs)
-        ids_file = Path(path) / "test" / "all__puzzle_identifiers.npy"
+        ids_file = path / "test" / "all__puzzle_identifiers.npy"
         if ids_file.is_file():
             voter.prepare(np.load(ids_file))
         return voter
