@@ -164,7 +164,10 @@ class EmbeddedS3:
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin.grpc']}", "-admin.ui=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-master.telemetry=false",
-            "-volume.preStopSeconds=0",
+            # Not resuming the single master's raft state: otherwise the volume server's first heartbeat after a
+            # restart can hit "not current leader" and writes stall ~5 s until it retries. Volume ids and data
+            # come back from the volume server's own heartbeat, so nothing is lost.
+            "-volume.preStopSeconds=0", "-master.resumeState=false",
             f"-s3.config={self.data_dir / 'conf' / 's3.json'}",
         ]
 
@@ -289,6 +292,17 @@ class EmbeddedS3:
         self._proc = None
         self._pid = None
         _LIVE.discard(self)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed leaves unix sockets named after its ports in the temp folder; remove ours once it is gone."""
+        tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+        for port in set(self.ports.values()):
+            for path in tmp.glob(f"seaweedfs-*-{port}.sock"):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
 
     def restart(self, kill: bool = False) -> "EmbeddedS3":
         """Stop (kill=True: SIGKILL, like a crash) and start again on the same ports with the same data."""
