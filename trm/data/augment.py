@@ -339,16 +339,24 @@ class TaskLayout:
         offsets[np.arange(v), keep] = 0
         return offsets
 
-    def render(self, tids: np.ndarray, luts: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows for variants [V] x examples [E] (variant-major) -> (inputs, labels), uint8 [V*E, 900] each."""
+    def render(self, tids: np.ndarray, luts: np.ndarray, offsets: np.ndarray,
+               out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for variants [V] x examples [E] (variant-major) -> (inputs, labels), uint8 [V*E, 900] each.
+
+        `out`: two all-zero uint8 arrays of V*E*900 cells (e.g. windows of a fresh memory-mapped file) to draw
+        into instead of new ones.
+        """
         v = tids.shape[0]
         rows = v * self.n
+        targets = out if out is not None else (None, None)
         result = []
         base = (np.arange(v, dtype=np.int64) * self.n)[:, None] + np.arange(self.n)[None, :]  # [V, E] row ids
         shift = offsets[..., 0] * MAX_GRID + offsets[..., 1] + base * SEQ_LEN  # [V, E]
         groups = [(tid, np.flatnonzero(tids == tid)) for tid in np.unique(tids).tolist()]
-        for cells in self.sides:
-            out = np.zeros(rows * SEQ_LEN, dtype=np.uint8)
+        for cells, target in zip(self.sides, targets):
+            out = np.zeros(rows * SEQ_LEN, dtype=np.uint8) if target is None else target.reshape(-1)
+            if out.shape != (rows * SEQ_LEN,) or out.dtype != np.uint8:
+                raise ValueError(f"render: out arrays must be uint8 with {rows * SEQ_LEN} cells")
             for tid, sel in groups:
                 at, off = shift[sel], offsets[sel]
                 out[at[:, cells["ex"]] + cells["pos"][tid]] = luts[sel][:, cells["tok"]]

@@ -130,13 +130,6 @@ def _plan(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return tids, maps, variant_names(job.task.id, tids, maps)
 
 
-def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 def _fill(job: _Job) -> int:
     examples = dict(zip(SPLITS, task_examples(job.task, job.is_test)))
     luts = colour_lut(job.maps)
@@ -150,18 +143,17 @@ def _fill(job: _Job) -> int:
         offsets = layout.draw_offsets(job.tids, rng, translate=job.translate and split == "train")
         (in_path, in_header), (lab_path, lab_header) = job.files[split]
         step = max(1, ROWS_PER_CHUNK // len(ex))
-        fd_in, fd_lab = os.open(in_path, os.O_WRONLY), os.open(lab_path, os.O_WRONLY)
-        try:
-            for v0 in range(0, len(job.tids), step):
-                v1 = min(len(job.tids), v0 + step)
-                inputs, labels = layout.render(job.tids[v0:v1], luts[v0:v1], offsets[v0:v1])
-                row = job.first_row[split] + v0 * len(ex)
-                _pwrite_all(fd_in, inputs, in_header + row * SEQ_LEN)
-                _pwrite_all(fd_lab, labels, lab_header + row * SEQ_LEN)
-                rows += inputs.shape[0]
-        finally:
-            os.close(fd_in)
-            os.close(fd_lab)
+        for v0 in range(0, len(job.tids), step):
+            v1 = min(len(job.tids), v0 + step)
+            first = job.first_row[split] + v0 * len(ex)
+            count = (v1 - v0) * len(ex) * SEQ_LEN
+            # Draw straight into a window of the fresh (all-zero) output files: no copy, and the window's pages
+            # leave this process's memory when it is unmapped.
+            windows = [np.memmap(path, dtype=np.uint8, mode="r+", offset=header + first * SEQ_LEN, shape=(count,))
+                       for path, header in ((in_path, in_header), (lab_path, lab_header))]
+            layout.render(job.tids[v0:v1], luts[v0:v1], offsets[v0:v1], out=(windows[0], windows[1]))
+            del windows  # unmapped here; the kernel writes the pages back in its own time
+            rows += (v1 - v0) * len(ex)
     return rows
 
 
