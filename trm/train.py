@@ -620,7 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    cfg = load_config(argv)
+    try:
+        cfg = load_config(argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"trm train: {err}", file=sys.stderr)
+        return 2
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     env = setup_distributed(cfg)
