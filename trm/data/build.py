@@ -13,8 +13,8 @@ and seed give byte-identical files: every task draws only from its own generator
 
 How: pass 1 plans each task's variants in parallel (cheap: content hashes are per-colour partial sums);
 the main process then knows every count, writes the index arrays and creates the two big .npy files at full
-size; pass 2 renders each task's rows with numpy and draws them straight into memory-mapped windows of those files, in parallel. The build
-happens in a hidden temporary folder beside the target and is renamed into place only when complete (or
+size; pass 2 renders each task's rows with numpy straight into memory-mapped windows of those files, in
+parallel. The build happens in a hidden temporary folder beside the target and is renamed into place only when complete (or
 uploaded, for an s3:// target), so a failed or killed build never leaves a half-written dataset.
 """
 
