@@ -84,6 +84,10 @@ def test_second_server_coexists_restart_keeps_data_and_port(s3_server, tmp_path)
         two.restart()
         assert two.port == port and two.pid != pid
         assert S3Store(two.config()).read_bytes("s3://trm/keep/me.txt") == b"persist"
+        S3Store(two.config()).write_bytes("s3://trm/keep/too.txt", b"after restart")
+        two.restart(kill=True)  # a crash keeps what was written, too
+        assert S3Store(two.config()).read_bytes("s3://trm/keep/me.txt") == b"persist"
+        assert S3Store(two.config()).read_bytes("s3://trm/keep/too.txt") == b"after restart"
         # the session server is untouched by this one
         assert not S3Store(s3_server.config()).exists("s3://trm/keep/me.txt")
         pid = two.pid
@@ -311,3 +315,19 @@ def test_cli_start_status_env_stop(tmp_path):
     assert not state_path(home).exists()
     assert not pid_alive(state["pid"])
     assert s3_main(["--home", str(home), "status"]) == 1
+
+
+def test_concurrent_starters_share_one_server(tmp_path):
+    """Several processes asking for the background server at once get the same one (one weed per data folder)."""
+    home = tmp_path / "home"
+    code = ("import sys; from pathlib import Path; from trm.storage.embedded import ensure_running; "
+            "print(ensure_running(Path(sys.argv[1])).pid)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TRM_S3"))}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(home)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    try:
+        pids = {p.communicate(timeout=120)[0].strip() for p in procs}
+        assert len(pids) == 1 and all(p.returncode == 0 for p in procs)
+        assert int(pids.pop()) == read_state(home)["pid"]
+    finally:
+        assert s3_main(["--home", str(home), "stop"]) == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import fcntl
 import json
 import logging
 import os
@@ -392,7 +393,13 @@ def running_server(home: Path | None = None) -> EmbeddedS3 | None:
         server = EmbeddedS3.from_state(state)
     except (KeyError, TypeError, ValueError):
         return None
-    return server if server.running() else None
+    if not server.running():
+        return None
+    try:  # the pid must still be the weed serving this data folder, not a recycled id
+        args = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return server
+    return server if f"-dir={server.data_dir / 'data'}".encode() in args else None
 
 
 def ensure_running(home: Path | None = None, port: int | None = None) -> EmbeddedS3:
@@ -406,6 +413,17 @@ def ensure_running(home: Path | None = None, port: int | None = None) -> Embedde
     if server is not None:
         return server
     root = home / "s3"
+    root.mkdir(parents=True, exist_ok=True)
+    # One starter at a time per TRM_HOME: two weed processes on one data folder would corrupt it.
+    with open(root / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server = running_server(home)
+        if server is not None:
+            return server
+        return _start_background(home, root, port)
+
+
+def _start_background(home: Path, root: Path, port: int | None) -> EmbeddedS3:
     old = read_state(home) or {}
     preferred = port is None  # we pick: the previous port, else 8333, else any free one
     if preferred:
