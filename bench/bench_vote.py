@@ -133,8 +133,9 @@ def main() -> None:
     print(f"{len(tasks)} tasks, {n} predictions, mean output area "
           f"{np.mean([np.array(t['output']).size for v in tasks.values() for t in v['test']]):.0f} cells")
 
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(args.repeats):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         voter = Voter(tasks, identifiers)
         voter.prepare(np.unique(ids))  # what Voter.from_dataset does with the test split's identifiers
@@ -142,15 +143,19 @@ def main() -> None:
             voter.add(ids[a:a + args.batch], inputs[a:a + args.batch], preds[a:a + args.batch], q[a:a + args.batch])
         result = voter.result()
         best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
     ours = n / best
     m = min(args.baseline_rows, n)
     pick = np.random.default_rng(2).permutation(n)[:m]
     simple = SimpleVoter(tasks, identifiers)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     simple.add(ids[pick], inputs[pick], preds[pick], q[pick])
     base = m / (time.perf_counter() - t0)
+    base_cpu = m / (time.process_time() - c0)
     print(f"ours (build+add+result):  {ours:12,.0f} predictions/s  ({n} rows in {best:.2f} s, best of {args.repeats})")
     print(f"simple per-prediction:{base:12,.0f} predictions/s  ({m} rows)")
+    print(f"  by CPU time (less sensitive to a loaded machine): ours {n / best_cpu:,.0f}/s, simple {base_cpu:,.0f}/s")
     print(f"speed-up over simple: {ours / base:8.1f}x")
     print(f"vs reference 24k/s:   {ours / REFERENCE_RATE:8.1f}x   (target >= 250k/s: "
           f"{'met' if ours >= 250_000 else 'NOT met'})")

@@ -290,7 +290,8 @@ class Voter:
         self._h1: list[np.ndarray] = []
         self._h2: list[np.ndarray] = []
         self._qs: list[np.ndarray] = []
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, int, int]] = {}  # key -> (canvas, h, w)
+        # one canvas per grid first seen in each block: keys [m, 2] uint64, canvases [m, 904], shapes [m, 2]
+        self._store: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.counts = {"predictions": 0, "padding_rows": 0, "empty_crops": 0, "unmatched_predictions": 0}
 
     @classmethod
@@ -464,11 +465,11 @@ class Voter:
         if not ok.all():
             canon, hh, ww, slots, q = canon[ok], hh[ok], ww[ok], slots[ok], q[ok]
         p1, p2 = _hash(canon)
-        # keep one canvas per distinct grid
-        grids = self._grids
-        for i, key in enumerate(zip(p1.tolist(), p2.tolist())):
-            if key not in grids:
-                grids[key] = (canon[i].copy(), int(hh[i]), int(ww[i]))
+        # keep one canvas per grid first seen in this block (looked up in result())
+        if p1.size:
+            keys = np.stack([p1, p2], axis=1)
+            _, first = np.unique(keys, axis=0, return_index=True)
+            self._store.append((keys[first], canon[first], np.stack([hh[first], ww[first]], axis=1)))
         self.counts["predictions"] += int(slots.size)
         self._slots.append(slots)
         self._h1.append(p1)
@@ -483,10 +484,21 @@ class Voter:
         self._h1 += [a.copy() for a in other._h1]
         self._h2 += [a.copy() for a in other._h2]
         self._qs += [a.copy() for a in other._qs]
-        for key, value in other._grids.items():
-            self._grids.setdefault(key, value)
+        self._store += other._store
         for k, v in other.counts.items():
             self.counts[k] += v
+
+    def _lookup(self, h1: np.ndarray, h2: np.ndarray) -> dict[tuple[int, int], tuple[np.ndarray, int, int]]:
+        """(canvas, height, width) of the grids with these keys, from the stored blocks."""
+        wanted = set(zip(h1.tolist(), h2.tolist()))
+        found: dict = {}
+        needed = np.unique(h1)
+        for keys, canvases, shapes in self._store:
+            for i in np.flatnonzero(np.isin(keys[:, 0], needed)).tolist():
+                key = (int(keys[i, 0]), int(keys[i, 1]))
+                if key in wanted and key not in found:
+                    found[key] = (canvases[i], int(shapes[i, 0]), int(shapes[i, 1]))
+        return found
 
     def result(self) -> VoteResult:
         empty_i, empty_u = np.zeros(0, np.int64), np.zeros(0, np.uint64)
@@ -508,18 +520,20 @@ class Voter:
         c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
         tie = np.r_[False, (c_slot[1:] == c_slot[:-1]) & (counts[1:] == counts[:-1]) & (means[1:] == means[:-1])]
         tied = np.flatnonzero(tie | np.r_[tie[1:], False])
+        n_slots = len(self.slot_task)
+        bounds = np.searchsorted(c_slot, np.arange(n_slots + 1))
+        top = np.flatnonzero(np.arange(c_slot.size) - bounds[c_slot] < self.keep_votes) if c_slot.size else empty_i
+        grids = self._lookup(c_h1[np.r_[top, tied]], c_h2[np.r_[top, tied]])
         if tied.size:
             keys = np.zeros((tied.size, 2 + _PADDED), dtype=np.uint8)
             for i, c in enumerate(tied.tolist()):
-                canvas, h, w = self._grids[(int(c_h1[c]), int(c_h2[c]))]
+                canvas, h, w = grids[(int(c_h1[c]), int(c_h2[c]))]
                 keys[i, 0], keys[i, 1], keys[i, 2:] = h, w, canvas
             grid_rank = np.zeros(c_slot.size, dtype=np.int64)
             grid_rank[tied] = np.argsort(np.argsort(keys.view(np.dtype((np.void, keys.shape[1]))).ravel(),
                                                     kind="stable"), kind="stable")
             rank = np.lexsort((grid_rank, -means, -counts, c_slot))
             c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
-        n_slots = len(self.slot_task)
-        bounds = np.searchsorted(c_slot, np.arange(n_slots + 1))
         # where each known truth ranks in its slot
         truth_rank = np.full(n_slots, -1, dtype=np.int64)
         t1 = np.array([k[0] if k else 0 for k in self._truth_key] or [0], dtype=np.uint64)
@@ -541,7 +555,7 @@ class Voter:
                 truth_known = self._truth_key[s] is not None
                 cands = []
                 for c in range(a, min(b, a + self.keep_votes)):
-                    canvas, h, w = self._grids[(int(c_h1[c]), int(c_h2[c]))]
+                    canvas, h, w = grids[(int(c_h1[c]), int(c_h2[c]))]
                     cands.append(Candidate(_grid_of(canvas, h, w), int(counts[c]), float(means[c]),
                                            (c - a == truth_rank[s]) if truth_known else None))
                 task_votes.append(cands)
