@@ -67,16 +67,20 @@ def cmd_ls(store: S3Store, uri: str, recursive: bool) -> int:
         when = info.last_modified.strftime("%Y-%m-%d %H:%M:%S") if info.last_modified else ""
         print(f"{when:19}  {human_size(info.size):>10}  {uri}")
         return 0
-    total = count = 0
+    total = count = folders = 0
     for e in entries:
         if e.is_dir:
             print(f"{'':19}  {'DIR':>10}  {e.uri}")
+            folders += 1
             continue
         when = e.modified.strftime("%Y-%m-%d %H:%M:%S") if e.modified else ""
         print(f"{when:19}  {human_size(e.size):>10}  {e.uri}")
         total += e.size
         count += 1
-    print(f"{count} object(s), {human_size(total)}" + ("" if recursive else " (folders not counted; -r lists all)"))
+    summary = f"{count} object(s), {human_size(total)}"
+    if folders:
+        summary += f"; {folders} folder(s) not expanded (-r lists everything)"
+    print(summary)
     return 0
 
 

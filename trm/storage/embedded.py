@@ -468,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         server = ensure_running(home, port=args.port)
         verb = "already running" if was else "started"
         print(f"S3 server {verb}: {server.endpoint} (pid {server.pid}, data {server.data_dir / 'data'})")
-        print(f'use it from a shell with: eval "$(trm s3 env{" --home " + str(home) if args.home else ""})"')
+        home_arg = f" --home {shlex.quote(str(home))}" if args.home else ""
+        print(f'use it from a shell with: eval "$(trm s3{home_arg} env)"')
         return 0
     if args.action == "stop":
         server = running_server(home)
