@@ -49,7 +49,7 @@ def test_html_is_self_contained_and_complete(half_wrong):
 
 def test_grid_cells_use_arc_colours():
     cell = grid_html([[0, 1], [9, 4]])
-    assert re.findall(r'class="c(\d)"', cell) == ["0", "1", "9", "4"]
+    assert re.findall(r'class=c(\d)>', cell) == ["0", "1", "9", "4"]
     assert "repeat(2," in cell
     assert "(empty)" in grid_html(np.zeros((0, 0)))
 

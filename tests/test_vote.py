@@ -311,3 +311,18 @@ def test_empty_crops_under_every_transform(tid):
                  (2 + tid, augment(x, tid, maps[tid]), augment(y, tid, maps[tid]))])
     res = voter.result()
     assert res.metrics["ARC/empty_crops"] == 2 and res.metrics["ARC/pass@1"] == 1.0
+
+
+def test_inputs_with_junk_outside_the_crop_still_match():
+    """The reference keys by the cropped input; stray tokens beyond the EOS edge do not matter."""
+    x1, y1, x2, y2 = [[1, 2]], [[3]], [[4], [5]], [[6, 6]]
+    puzzles = {"t": {"train": [], "test": [{"input": x1, "output": y1}, {"input": x2, "output": y2}]}}
+    m = np.r_[0, np.arange(9, 0, -1)]
+    voter = Voter(puzzles, ["<blank>", "t", name_of("t", 3, m)])
+    junk = tokens(augment(x2, 3, m))
+    junk[29 * 30 + 29] = 7  # a colour far from the grid
+    feed(voter, [(2, junk, augment(y2, 3, m)), (2, augment(x1, 3, m), augment(y1, 3, m))])
+    res = voter.result()
+    assert res.metrics["ARC/pass@1"] == 1.0 and res.metrics["ARC/unmatched_predictions"] == 0
+    feed(voter, [(2, tokens([[9, 9, 9]]), augment(y1, 3, m))])  # an input of no test: not counted as a vote
+    assert voter.result().metrics["ARC/unmatched_predictions"] == 1

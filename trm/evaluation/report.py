@@ -32,7 +32,7 @@ text-align:right;font-size:13px} table.sum th{background:#e8e8e8} table.sum td.l
 .panel{display:flex;flex-direction:column;align-items:center;font-size:12px}
 .panel .cap{margin-bottom:3px;font-weight:600}
 .g{display:grid;gap:1px;background:#555;border:1px solid #555}
-.g span{display:block}
+.g i{display:block}
 .ok{color:#1a7f37;font-weight:700} .no{color:#c62828;font-weight:700} .na{color:#888}
 table.votes{border-collapse:collapse;font-size:12px} table.votes td,table.votes th{border:1px solid #ccc;padding:1px 6px}
 .note{font-size:12px;color:#666}
@@ -46,7 +46,7 @@ def grid_html(grid, max_px: int = 160) -> str:
         return '<div class="note">(empty)</div>'
     h, w = arr.shape
     cell = max(3, min(16, max_px // max(h, w)))
-    cells = "".join(f'<span class="c{int(v)}"></span>' for v in arr.reshape(-1).tolist())
+    cells = "".join(f"<i class=c{int(v)}></i>" for v in arr.reshape(-1).tolist())
     return (f'<div class="g" style="grid-template-columns:repeat({w},{cell}px);'
             f'grid-auto-rows:{cell}px" title="{h}x{w}">{cells}</div>')
 

@@ -557,7 +557,7 @@ class Voter:
                 for c in range(a, min(b, a + self.keep_votes)):
                     canvas, h, w = grids[(int(c_h1[c]), int(c_h2[c]))]
                     cands.append(Candidate(_grid_of(canvas, h, w), int(counts[c]), float(means[c]),
-                                           (c - a == truth_rank[s]) if truth_known else None))
+                                           bool(c - a == truth_rank[s]) if truth_known else None))
                 task_votes.append(cands)
                 task_n.append(b - a)
                 if cands:
