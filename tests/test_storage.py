@@ -367,3 +367,39 @@ def test_large_file_sha_round_trip_multipart(s3_env, tmp_path, monkeypatch):
     assert store.stat(uri).size == len(data)
     out = store.download_file(uri, tmp_path / "m2.bin")
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.s3
+def test_concurrent_localize_downloads_once(s3_env, tmp_path, monkeypatch):
+    """The ranks of one node localize the same dataset at once: one copy is made, all get the same path."""
+    import threading
+
+    store = S3Store.from_env()
+    files = make_tree(tmp_path / "src")
+    uri = unique("conc")
+    store.upload_dir(tmp_path / "src", uri)
+    calls = []
+    real = S3Store.download_dir
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Store, "download_dir", counting)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(localize(uri, cache_dir=tmp_path / "cache", store=store))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1 and len(calls) == 1
+    got = read_tree(results[0])
+    got.pop(COMPLETE)
+    assert got == files

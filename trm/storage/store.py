@@ -20,6 +20,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
@@ -481,12 +482,28 @@ def localize(uri_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None
     store = store or open_store()
     cache = Path(cache_dir) if cache_dir is not None else trm_home() / "cache" / "s3"
     target = _cache_path(cache, text)
-    if store.is_complete(text):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (e.g. the ranks of one node) may localize the same URI at once: one downloads, the
+    # others wait and then find the copy current.
+    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _localize_locked(store, text, target)
+
+
+def _localize_locked(store: S3Store, text: str, target: Path) -> Path:
+    local_marker = target / COMPLETE
+    for _ in range(3):
+        if not store.is_complete(text):
+            break
         remote = store.read_bytes(join(text, COMPLETE))
-        local_marker = target / COMPLETE
         if target.is_dir() and local_marker.is_file() and local_marker.read_bytes() == remote:
             return target
-        return store.download_dir(text, target)
+        store.download_dir(text, target)
+        if local_marker.is_file() and local_marker.read_bytes() == remote:
+            return target
+        # the folder was re-uploaded while we copied it: copy again
+    else:
+        raise RuntimeError(f"{text} keeps changing while it is downloaded; try again later")
     try:
         info = store.stat(text)
     except FileNotFoundError:
