@@ -65,6 +65,7 @@ def test_env_and_loopback_only_ports(s3_server):
     assert set(env) == {"TRM_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
                         "TRM_S3_BUCKET"}
     assert env["AWS_SECRET_ACCESS_KEY"] not in repr(s3_server)
+    assert env["AWS_SECRET_ACCESS_KEY"] not in s3_server.log_path.read_text(errors="replace")
     sockets = listening_sockets(s3_server.pid)
     assert len(sockets) >= 5  # master, volume, filer, s3 and their gRPC ports
     for table, local in sockets:
