@@ -138,7 +138,8 @@ def test_evaluate_s3_in_and_out(step_folder, fixtures_dir, tmp_path, s3_env):
     store = open_store()
     store.ensure_bucket("trm")
     store.upload_dir(fixtures_dir / "tiny_dataset", "s3://trm/evaltest/dataset")
-    rc = evaluate_main(["--checkpoint", step_folder, "--data", "s3://trm/evaltest/dataset",
+    store.upload_dir(step_folder, "s3://trm/evaltest/checkpoints/step-1")
+    rc = evaluate_main(["--checkpoint", "s3://trm/evaltest/checkpoints/step-1", "--data", "s3://trm/evaltest/dataset",
                         "--output-dir", "s3://trm/evaltest/eval/step-1", "--batch-size", "8", "--device", "cpu",
                         "--log-every", "0"])
     assert rc == 0
@@ -147,6 +148,8 @@ def test_evaluate_s3_in_and_out(step_folder, fixtures_dir, tmp_path, s3_env):
     submission = json.loads(store.read_bytes("s3://trm/evaltest/eval/step-1/submission.json"))
     assert validate(submission, puzzles) == []
     assert "ARC/pass@2" in json.loads(store.read_bytes("s3://trm/evaltest/eval/step-1/metrics.json"))
+    run = json.loads(store.read_bytes("s3://trm/evaltest/eval/step-1/evaluation.json"))
+    assert run["weights"] == "ema" and run["checkpoint"] == "s3://trm/evaltest/checkpoints/step-1"
 
 
 @pytest.mark.slow
