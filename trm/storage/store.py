@@ -52,8 +52,9 @@ PART_SIZE = 32 * 1024 * 1024  # larger files go up as multipart uploads (atomic 
 CHUNK = 1024 * 1024
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound", "NotFound"}
 _AUTH = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+# NoSuchUpload: a multipart upload lost to a server restart; the retry starts the whole upload again.
 _RETRY_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
-                "XMinioServerNotInitialized", "OperationAborted"}
+                "XMinioServerNotInitialized", "OperationAborted", "NoSuchUpload"}
 
 T = TypeVar("T")
 
