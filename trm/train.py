@@ -237,7 +237,9 @@ class Trainer:
         self.test_paths = test_paths
         self.test_loader_args = (test_paths, cfg.global_batch_size, env.rank, world)
         self._TestLoader = TestLoader
-        self.total_steps = int(cfg.epochs * meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size)
+        # the schedule spans the reference's estimate of the run; max_steps only stops early
+        self.schedule_steps = int(cfg.epochs * meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size)
+        self.total_steps = self.schedule_steps
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
@@ -357,7 +359,7 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------------------------
     def set_lr(self) -> float:
-        factor = lr_factor(self.step, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
+        factor = lr_factor(self.step, self.cfg.lr_warmup_steps, self.schedule_steps, self.cfg.lr_min_ratio)
         for group in self.dense.param_groups:
             group["lr"] = self.cfg.lr * factor
         if self.sparse is not None:
