@@ -35,8 +35,9 @@ def run(dataset, model, run_root: str, max_augmentations: int, metrics, report, 
     report.metadata["uri"] = runtime.join(out, "report.html")
     runtime.copy_to_file(runtime.join(out, "summary.md"), summary.path)
     summary.metadata["uri"] = runtime.join(out, "summary.md")
-    headline = {k: v for k, v in numbers.items() if k.startswith("ARC/pass@") and k in ("ARC/pass@1", "ARC/pass@2")}
+    headline = {k: v for k, v in numbers.items() if k.startswith("ARC/pass@")}
     record = runtime.write_pointer(submission, runtime.join(out, "submission.json"), step=int(step),
                                    checkpoint=ckpt_uri, report=runtime.join(out, "report.html"), **headline)
-    runtime.log(f"evaluation of step {step}: {headline} -> {out}")
+    runtime.log(f"evaluation of step {step}: pass@1 {headline.get('ARC/pass@1')}, pass@2 "
+                f"{headline.get('ARC/pass@2')} -> {out}")
     return record

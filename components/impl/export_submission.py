@@ -19,7 +19,9 @@ def run(submission, dataset, model, run_root: str, final) -> dict:
     tasks = runtime.read_json(runtime.join(data_uri, "test_puzzles.json"))
     subm.check(entries, tasks)  # SubmissionError (a ValueError) listing every problem by task and index
     target = subm.write(subm.ordered(entries, tasks), runtime.join(run_root, "submission.json"))
-    meta = submission.metadata or {}
+    meta = dict(submission.metadata or {})
+    if meta.get("step") is not None:
+        meta["step"] = int(meta["step"])  # KFP metadata numbers come back as floats
     summary = {
         "run_root": run_root,
         "dataset": data_uri,
