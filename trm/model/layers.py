@@ -52,7 +52,7 @@ def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, bound: float = 2.0,
     return tensor
 
 
-def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, eps: float, inplace: bool = False) -> torch.Tensor:
     """Weightless RMS norm over the last dim, x / sqrt(mean(x^2) + eps), in float32, returned in x's dtype.
 
     One reduction pass (vector_norm) and one multiply, instead of square, mean, add, rsqrt, multiply.
@@ -60,7 +60,9 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x if x.dtype == torch.float32 else x.float()
     scale = torch.linalg.vector_norm(xf, dim=-1, keepdim=True, dtype=torch.float32)
     scale = torch.rsqrt(scale.square() / x.shape[-1] + eps)
-    return xf * scale if x.dtype == torch.float32 else (xf * scale).to(x.dtype)
+    if x.dtype != torch.float32:
+        return (xf * scale).to(x.dtype)
+    return xf.mul_(scale) if inplace else xf * scale
 
 
 class Linear(nn.Module):
@@ -110,50 +112,84 @@ class Rotary(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on x [B, heads, S, D] (any strides) with the half tables cos/sin [S, D/2]; math in float32.
+    """RoPE on x [..., S, D] whose head dims are *pair-interleaved*; half tables cos/sin [S, D/2]; float32 math.
 
-    Rotate-half RoPE turns the pair (x[i], x[i + D/2]) by angle i. The result comes back contiguous with each
-    pair *interleaved*: out[..., 2i] is the rotated x[i], out[..., 2i+1] the rotated x[i + D/2]. This fixed
-    permutation of the head dims, applied to both q and k, leaves every q.k product (so attention) unchanged,
-    and lets eager mode rotate with a single complex multiply over one contiguous copy.
+    Rotate-half RoPE turns the pair (x[i], x[i + D/2]) by angle i. Here the input holds that pair at
+    (2i, 2i+1) (Attention permutes the q/k rows of its projection so, see `pair_order`), and the output keeps
+    that order. The permutation is the same for q and k, so every q.k product, and attention, is unchanged.
+    Eager mode rotates with one complex multiply reading the strided q/k views in place; under torch.compile
+    (inductor has no complex codegen) the same numbers come from real arithmetic. Input strides are free as
+    long as the last dim is contiguous; the output is a new contiguous tensor in x's dtype.
     """
     dtype = x.dtype
-    half = x.shape[-1] // 2
-    pairs = x.unflatten(-1, (2, half)).transpose(-1, -2)  # [..., D/2, 2] views of (x[i], x[i + D/2])
-    if torch.compiler.is_compiling():  # inductor has no complex codegen; the same numbers in real arithmetic
+    pairs = x.unflatten(-1, (-1, 2))  # [..., S, D/2, 2]
+    if torch.compiler.is_compiling():
         x1, x2 = pairs[..., 0].float(), pairs[..., 1].float()
-        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     else:
-        pairs = torch.empty(pairs.shape, dtype=torch.float32, device=pairs.device).copy_(pairs)  # one pass
-        out = torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin)).flatten(-2)
+        if dtype != torch.float32:
+            pairs = pairs.float()
+        if pairs.stride(-1) != 1 or any(st % 2 for st in pairs.stride()[:-1]) or pairs.storage_offset() % 2:
+            pairs = pairs.contiguous()
+        z, table = torch.view_as_complex(pairs), torch.complex(cos, sin)
+        if torch.is_grad_enabled() and z.requires_grad:
+            z = (z * table).contiguous()
+        else:  # write the product straight into a contiguous buffer (SDPA is faster on contiguous q/k)
+            z = torch.mul(z, table, out=torch.empty(z.shape, dtype=z.dtype, device=z.device))
+        out = torch.view_as_real(z)
+    out = out.flatten(-2)
     return out if dtype == torch.float32 else out.to(dtype)
 
 
+def pair_order(num_heads: int, head_dim: int) -> torch.Tensor:
+    """Row order of a [q; k; v] projection that puts each RoPE pair (i, i + head_dim/2) of q and k side by side."""
+    half = head_dim // 2
+    within = torch.stack((torch.arange(half), torch.arange(half) + half), dim=-1).flatten()  # 0, h, 1, h+1, ...
+    qk = (torch.arange(2 * num_heads)[:, None] * head_dim + within).flatten()
+    v = torch.arange(2 * num_heads * head_dim, 3 * num_heads * head_dim)
+    return torch.cat((qk, v))
+
+
 def interleaved_to_half(x: torch.Tensor) -> torch.Tensor:
-    """Undo apply_rope's pair interleaving (for tests and debugging): [..., D] -> rotate-half order."""
+    """Pair-interleaved head dims [..., D] back to rotate-half order (for tests and debugging)."""
     return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
 
 
-class Attention(nn.Module):
-    """Bidirectional multi-head attention with a fused qkv projection and optional RoPE."""
+def half_to_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """Rotate-half order [..., D] to pair-interleaved order."""
+    return x.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
 
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
+
+class Attention(nn.Module):
+    """Bidirectional multi-head attention with a fused qkv projection and optional RoPE.
+
+    With RoPE the q/k rows of `qkv_proj.weight` are read in `pair_order` (a gather of the small weight, not of
+    activations), so RoPE needs no copy of q/k; the stored weight keeps the reference layout.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, rope: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.qkv_proj = Linear(hidden_size, 3 * hidden_size)
         self.o_proj = Linear(hidden_size, hidden_size)
+        self.register_buffer("qkv_order", pair_order(num_heads, self.head_dim) if rope else None, persistent=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         b, s, _ = x.shape
         h = self.num_heads
-        qkv = self.qkv_proj(x).view(b, s, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, S, Dh] view
+        w = self.qkv_proj.weight
         if rope is not None:
-            qk = apply_rope(qkv[:, : 2 * h], *rope)  # contiguous [B, 2H, S, Dh], head dims interleaved
+            if self.qkv_order is None:
+                raise ValueError("Attention was built without RoPE (rope=False) but got RoPE tables")
+            w = w.index_select(0, self.qkv_order)
+        qkv = F.linear(x, w.to(x.dtype)).view(b, s, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, S, Dh] view
+        if rope is not None:
+            qk = apply_rope(qkv[:, : 2 * h], *rope)  # contiguous [B, 2H, S, Dh]
             q, k = qk[:, :h], qk[:, h:]
         else:
             q, k = qkv[:, :h], qkv[:, h: 2 * h]
-        v = qkv[:, 2 * h:]
+        v = qkv[:, 2 * h:].contiguous()
         if flash_available(q):
             out = _flash_attn(*(t.transpose(1, 2).contiguous() for t in (q, k, v)), causal=False)
             if isinstance(out, tuple):  # some flash-attn versions also return the log-sum-exp
@@ -181,15 +217,19 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Post-norm transformer block: h = norm(h + attn(h)); h = norm(h + mlp(h))."""
 
-    def __init__(self, hidden_size: int, num_heads: int, inter: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, inter: int, eps: float, rope: bool = True) -> None:
         super().__init__()
-        self.self_attn = Attention(hidden_size, num_heads)
+        self.self_attn = Attention(hidden_size, num_heads, rope)
         self.mlp = SwiGLU(hidden_size, inter)
         self.eps = eps
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        h = rms_norm(h + self.self_attn(h, rope), self.eps)
-        return rms_norm(h + self.mlp(h), self.eps)
+        if torch.is_grad_enabled():
+            h = rms_norm(h + self.self_attn(h, rope), self.eps)
+            return rms_norm(h + self.mlp(h), self.eps)
+        # no autograd: add the residual into the fresh sublayer output and normalise it in place
+        h = rms_norm(self.self_attn(h, rope).add_(h), self.eps, inplace=True)
+        return rms_norm(self.mlp(h).add_(h), self.eps, inplace=True)
 
 
 class Reasoner(nn.Module):

@@ -92,7 +92,8 @@ class RecursiveCore(nn.Module):
             self.rotary = Rotary(c.head_dim, c.total_len, c.rope_theta)
         else:
             self.embed_pos = Embedding(c.total_len, c.hidden_size, std=1.0 / self.embed_scale, dtype=self.dtype)
-        self.L_level = Reasoner([Block(c.hidden_size, c.num_heads, c.mlp_inter, c.rms_norm_eps)
+        rope = c.pos_encodings == "rope"
+        self.L_level = Reasoner([Block(c.hidden_size, c.num_heads, c.mlp_inter, c.rms_norm_eps, rope)
                                  for _ in range(c.L_layers)])
         self.register_buffer("H_init", trunc_normal_(torch.empty(c.hidden_size), std=1.0).to(self.dtype))
         self.register_buffer("L_init", trunc_normal_(torch.empty(c.hidden_size), std=1.0).to(self.dtype))
