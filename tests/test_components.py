@@ -173,20 +173,35 @@ def test_train_points_at_final_checkpoint(s3_env, trained):
     assert "train/lm_loss" in metrics.metadata, sorted(metrics.metadata)
 
 
-def test_launch_config_for_the_pytorchjob():
+def test_launch_config_for_the_pytorchjob(monkeypatch, shared_dir):
+    """train-pytorchjob's job: names, GPUs, run paths, secrets; valid against the PyTorchJob CRD (strict)."""
     from components.impl.train import job_name, launch_config
-    from trm.launch.pytorchjob import build_pytorchjob
+    from trm.launch.pytorchjob import build_pytorchjob, operator_problems
+    from trm.launch.schema import CrdValidator
 
     root = "s3://trm/runs/Seed_1"
-    cfg = launch_config(["preset=arc2-seed", f"run_dir={root}", "epochs=10", "eval_interval=5"], 2, 4,
-                        {"name": "", "image": "reg/trainer:x", "gpu_type": "nvidia.com/gpu", "run_root": root,
-                         "node_selector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}],
-                         "namespace": "", "s3_endpoint": "http://minio:9000"})
+    words = ["preset=arc2-seed", f"run_dir={root}", "epochs=10", "eval_interval=5"]
+    job = {"name": "", "image": "reg/trainer:x", "gpu_type": "nvidia.com/gpu", "run_root": root,
+           "node_selector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}],
+           "namespace": "team-a", "s3_endpoint": "http://minio:9000"}
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = launch_config(words, 2, 4, job)
     assert cfg.name == job_name(root) == "trm-seed-1"
-    assert (cfg.nnodes, cfg.gpus_per_node, cfg.run_dir, cfg.checkpoint_path) == (2, 4, root, root + "/checkpoints")
+    assert (cfg.namespace, cfg.nnodes, cfg.gpus_per_node) == ("team-a", 2, 4)
+    assert (cfg.run_dir, cfg.checkpoint_path) == (root, root + "/checkpoints")
     assert cfg.train_args == ["preset=arc2-seed", "epochs=10", "eval_interval=5"]
-    job = build_pytorchjob(cfg)
-    assert "Worker" in job["spec"]["pytorchReplicaSpecs"]
+    assert (cfg.s3_secret, cfg.s3_access_key_key, cfg.s3_secret_key_key) == (
+        "mlpipeline-minio-artifact", "accesskey", "secretkey")
+    assert cfg.wandb_secret is None, "no W&B key in this step: the optional secret is absent"
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    manifest = build_pytorchjob(launch_config(words, 2, 4, job))
+    assert "trm-wandb" in str(manifest)
+    assert "Worker" in manifest["spec"]["pytorchReplicaSpecs"]
+    assert operator_problems(manifest) == []
+    crd = shared_dir / "k8s-schemas" / "kubeflow.org_pytorchjobs.yaml"
+    if not crd.is_file():
+        pytest.skip(f"PyTorchJob CRD not found at {crd}")
+    CrdValidator.from_file(crd).check(manifest)
 
 
 def test_evaluate_and_export(s3_env, trained, tmp_path):

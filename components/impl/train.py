@@ -84,6 +84,22 @@ def job_name(root: str) -> str:
     return ("trm-" + tail)[:63].rstrip("-")
 
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def own_namespace(default: str = "kubeflow") -> str:
+    """The namespace this pod runs in (a KFP profile namespace in multi-user installs), else `default`."""
+    from pathlib import Path
+
+    path = Path(SERVICE_ACCOUNT_NAMESPACE)
+    return path.read_text().strip() if path.is_file() else default
+
+
+def secret_key_for(env_var: str) -> str:
+    """The key of the S3 secret that holds `env_var` (settings.S3_SECRET_KEYS)."""
+    return next(key for key, var in settings.S3_SECRET_KEYS.items() if var == env_var)
+
+
 def launch_config(words: list[str], nnodes: int, nproc_per_node: int, job: dict):
     """The `trm.launch` LaunchConfig of the training PyTorchJob (GPUs per pod = nproc_per_node)."""
     import os
@@ -94,14 +110,17 @@ def launch_config(words: list[str], nnodes: int, nproc_per_node: int, job: dict)
     root = job["run_root"]
     name = job["name"] or job_name(root)
     return LaunchConfig(
-        name=name, image=job["image"], namespace=job.get("namespace") or "kubeflow", nnodes=nnodes,
+        name=name, image=job["image"], namespace=job.get("namespace") or own_namespace(), nnodes=nnodes,
         nproc_per_node=nproc_per_node, gpus_per_node=nproc_per_node if job["gpu_type"] else 0,
         gpu_resource=job["gpu_type"] or "nvidia.com/gpu", node_selector=dict(job.get("node_selector") or {}),
         tolerations=list(job.get("tolerations") or []),
         s3_endpoint=job.get("s3_endpoint") or os.environ.get("TRM_S3_ENDPOINT") or None,
         s3_bucket=root[len("s3://"):].split("/", 1)[0] if root.startswith("s3://") else S3Config.from_env().bucket,
-        s3_secret=settings.S3_SECRET, s3_access_key_key="accesskey", s3_secret_key_key="secretkey",
-        wandb_secret=settings.WANDB_SECRET, wandb_key_key="api-key",
+        s3_secret=settings.S3_SECRET, s3_access_key_key=secret_key_for("AWS_ACCESS_KEY_ID"),
+        s3_secret_key_key=secret_key_for("AWS_SECRET_ACCESS_KEY"),
+        # the W&B secret is optional for this step; pass it on only when it was there (else pods would not start)
+        wandb_secret=settings.WANDB_SECRET if os.environ.get("WANDB_API_KEY") else None,
+        wandb_key_key=next(iter(settings.WANDB_SECRET_KEYS)),
         run_dir=root, checkpoint_path=f"{root}/checkpoints",
         train_args=[w for w in words if not w.startswith(("run_dir=", "checkpoint_path="))],
     )
