@@ -173,3 +173,14 @@ def test_report_renders_in_headless_chromium(half_wrong, tmp_path):
     assert len(seen) >= 6, f"only {len(seen)} ARC colours on screen"
     background = np.all(image == image[5, -30], axis=-1).mean()
     assert background < 0.9, "almost everything is background"
+
+
+def test_rerender_from_a_vote_folder(half_wrong, fixtures_dir, tmp_path):
+    from trm.evaluation.report import main as report_main
+
+    result, puzzles = half_wrong
+    write_results(result, puzzles, tmp_path / "v")
+    (tmp_path / "v" / "report.html").unlink()
+    assert report_main(["--vote-dir", str(tmp_path / "v"), "--data", str(fixtures_dir / "tiny_dataset")]) == 0
+    page = (tmp_path / "v" / "report.html").read_text()
+    assert all(f'id="t-{task}"' in page for task in puzzles) and "0.4000" in page
