@@ -87,3 +87,36 @@ def test_unreachable_s3_fails_the_first_step(s3_server, tmp_path):
     assert re.search(r"check-params.*FAILURE", done.stdout)
     assert re.search(rf"ValueError: S3 store: .*127\.0\.0\.1:{port}", done.stdout), done.stdout[-3000:]
     assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in done.stdout
+
+
+def test_pipeline_survives_an_s3_restart_during_training(s3_server, s3_env, tmp_path):
+    """The S3 server is killed (SIGKILL) and restarted as the train step starts reading the dataset: the storage
+    retries, the run completes, and the submission in the bucket is whole and valid."""
+    import threading
+    import time
+
+    from components.runtime import read_json
+    from trm.evaluation.submission import validate
+
+    env = {**os.environ, **s3_server.env(), "TRM_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.local", *TINY, "--run-id", "restart"], cwd=ROOT,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    restarted = threading.Event()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not restarted.is_set() and "[trm] running:" in line and "trm.train" in line:
+                time.sleep(1.0)
+                s3_server.restart(kill=True)
+                restarted.set()
+        proc.wait(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(lines)
+    assert restarted.is_set(), log[-3000:]
+    assert proc.returncode == 0, log[-6000:]
+    root = "s3://trm/runs/local/restart"
+    entries = read_json(f"{root}/submission.json")
+    assert validate(entries, read_json(f"{root}/dataset/test_puzzles.json")) == []
