@@ -273,10 +273,11 @@ class EmbeddedS3:
         raise TimeoutError(f"weed mini did not answer S3 on {self.endpoint} within {self.startup_timeout:.0f}s "
                            f"(last error: {last}); log {self.log_path}:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 20.0, kill: bool = False) -> None:
+    def stop(self, timeout: float = 8.0, kill: bool = False) -> None:
         """Stop the server (SIGTERM, then SIGKILL after `timeout` seconds; kill=True: SIGKILL at once, a crash).
 
-        Data stays in data_dir."""
+        Data stays in data_dir (a crash loses nothing acknowledged). weed normally exits within ~2 s of SIGTERM,
+        but its S3 gateway can hang while clients keep retrying requests on open connections."""
         pid = self.pid
         if pid is None:
             return
@@ -349,7 +350,7 @@ def pid_alive(pid: int) -> bool:
     return bool(cmdline) and os.path.basename(cmdline[0]).startswith(b"weed") and b"mini" in cmdline
 
 
-def terminate_pid(pid: int, timeout: float = 20.0) -> None:
+def terminate_pid(pid: int, timeout: float = 8.0) -> None:
     if not pid_alive(pid):
         return
     os.kill(pid, signal.SIGTERM)
