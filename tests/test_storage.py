@@ -403,3 +403,15 @@ def test_concurrent_localize_downloads_once(s3_env, tmp_path, monkeypatch):
     got = read_tree(results[0])
     got.pop(COMPLETE)
     assert got == files
+
+
+@pytest.mark.s3
+def test_check_and_ensure_bucket(s3_env):
+    store = S3Store.from_env()
+    assert store.check(timeout=5) is store
+    name = f"trm-extra-{os.urandom(3).hex()}"
+    assert not store.exists(f"s3://{name}")
+    assert store.ensure_bucket(name) == name
+    assert store.exists(f"s3://{name}") and store.ensure_bucket(name) == name  # idempotent
+    store.write_bytes(f"s3://{name}/k", b"v")
+    assert store.list(f"s3://{name}") == [f"s3://{name}/k"]
