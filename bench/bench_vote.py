@@ -58,14 +58,15 @@ def make_data(tasks: dict, variants: int, seed: int):
     forward = {0: lambda a: a, 1: lambda a: np.rot90(a, 1), 2: lambda a: np.rot90(a, 2), 3: lambda a: np.rot90(a, 3),
                4: np.fliplr, 5: np.flipud, 6: lambda a: a.T, 7: lambda a: np.fliplr(np.rot90(a, 1))}
     identifiers = ["<blank>"]
-    ids, inputs, preds = [], [], []
+    ids, inputs, preds, positions = [], [], [], []
     for name, task in tasks.items():
         for v in range(variants):
             tid = int(rng.integers(0, 8)) if v else 0
             mapping = np.r_[0, rng.permutation(np.arange(1, 10))].astype(np.uint8) if v else np.arange(10, dtype=np.uint8)
             identifiers.append(name if v == 0 else f"{name}|||t{tid}|||{''.join(map(str, mapping))}")
             pid = len(identifiers) - 1
-            for pair in task["test"]:
+            for j, pair in enumerate(task["test"]):
+                positions.append(j)
                 x = forward[tid](mapping[np.array(pair["input"], np.uint8)])
                 y = forward[tid](mapping[np.array(pair["output"], np.uint8)]).copy()
                 roll = rng.random()
@@ -76,7 +77,7 @@ def make_data(tasks: dict, variants: int, seed: int):
                 ids.append(pid)
                 inputs.append(to_tokens(x))
                 preds.append(to_tokens(y))
-    return identifiers, np.array(ids, np.int32), np.stack(inputs), np.stack(preds)
+    return identifiers, np.array(ids, np.int32), np.stack(inputs), np.stack(preds), np.array(positions)
 
 
 class SimpleVoter:
@@ -127,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tasks = load_tasks()
-    identifiers, ids, inputs, preds = make_data(tasks, args.variants, args.seed)
+    identifiers, ids, inputs, preds, positions = make_data(tasks, args.variants, args.seed)
     q = np.random.default_rng(1).normal(size=len(ids)).astype(np.float32)
     n = len(ids)
     print(f"{len(tasks)} tasks, {n} predictions, mean output area "
@@ -138,7 +139,7 @@ def main() -> None:
         c0 = time.process_time()
         t0 = time.perf_counter()
         voter = Voter(tasks, identifiers)
-        voter.prepare(np.unique(ids))  # what Voter.from_dataset does with the test split's identifiers
+        voter.prepare(ids, inputs=inputs, positions=positions)  # what Voter.from_dataset does with the test split
         for a in range(0, n, args.batch):
             voter.add(ids[a:a + args.batch], inputs[a:a + args.batch], preds[a:a + args.batch], q[a:a + args.batch])
         result = voter.result()

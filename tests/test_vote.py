@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -326,3 +327,23 @@ def test_inputs_with_junk_outside_the_crop_still_match():
     assert res.metrics["ARC/pass@1"] == 1.0 and res.metrics["ARC/unmatched_predictions"] == 0
     feed(voter, [(2, tokens([[9, 9, 9]]), augment(y1, 3, m))])  # an input of no test: not counted as a vote
     assert voter.result().metrics["ARC/unmatched_predictions"] == 1
+
+
+def test_dataset_rows_out_of_test_order_are_not_trusted(fixtures_dir, tmp_path):
+    """from_dataset takes expected inputs from the test split, but checks them against test_puzzles.json."""
+    root = tmp_path / "ds"
+    shutil.copytree(fixtures_dir / "tiny_dataset", root)
+    for name in ("all__inputs.npy", "all__labels.npy"):  # swap the two test inputs of 142ca369's variants
+        arr = np.load(root / "test" / name)
+        for a in (3, 5, 7):
+            arr[[a, a + 1]] = arr[[a + 1, a]]
+        (root / "test" / name).chmod(0o644)
+        np.save(root / "test" / name, arr)
+    voter = Voter.from_dataset(root)
+    ids = np.repeat(np.load(root / "test" / "all__puzzle_identifiers.npy"),
+                    np.diff(np.load(root / "test" / "all__puzzle_indices.npy")))
+    voter.add(ids, np.load(root / "test" / "all__inputs.npy"), np.load(root / "test" / "all__labels.npy"),
+              np.zeros(len(ids)))
+    res = voter.result()
+    assert res.metrics["ARC/pass@1"] == 1.0 and res.metrics["ARC/unmatched_predictions"] == 0
+    assert [len(v) for v in res.votes["142ca369"]] == [1, 1]

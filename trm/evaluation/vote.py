@@ -282,6 +282,7 @@ class Voter:
         self._id_tinv = np.zeros(n_id, dtype=np.int8)
         self._id_lut = np.zeros((n_id, 12), dtype=np.uint8)
         self._id_parsed = np.zeros(n_id, dtype=bool)
+        self._id_ready = np.zeros(n_id, dtype=bool)  # expected input hashes known
         self._id_in1 = np.zeros((n_id, self._max_tests), dtype=np.uint64)
         self._id_in2 = np.zeros((n_id, self._max_tests), dtype=np.uint64)
         self._occurrence: dict[tuple[int, int], int] = {}  # (identifier, first slot) -> predictions seen
@@ -300,36 +301,79 @@ class Voter:
         path = localize_path(str(path))
         test_puzzles, identifiers = load_dataset_files(path)
         voter = cls(test_puzzles, identifiers, **kwargs)
-        ids_file = path / "test" / "all__puzzle_identifiers.npy"
-        if ids_file.is_file():
-            voter.prepare(np.load(ids_file))
+        split = path / "test"
+        names = ("all__puzzle_identifiers.npy", "all__puzzle_indices.npy", "all__inputs.npy")
+        if all((split / n).is_file() for n in names):
+            pids = np.load(split / names[0]).astype(np.int64)
+            pidx = np.load(split / names[1]).astype(np.int64)
+            inputs = np.load(split / names[2], mmap_mode="r")
+            sizes = np.diff(pidx)
+            if pidx.shape == (pids.size + 1,) and pidx[-1] == inputs.shape[0] and (sizes >= 0).all():
+                positions = np.arange(inputs.shape[0]) - np.repeat(pidx[:-1], sizes)
+                voter.prepare(np.repeat(pids, sizes), inputs=inputs, positions=positions)
         return voter
 
     # -- identifiers
 
-    def prepare(self, identifiers) -> None:
-        """Parse these puzzle identifiers now, in bulk (add() parses unseen ones per batch otherwise)."""
+    def prepare(self, identifiers, inputs=None, positions=None) -> None:
+        """Parse these puzzle identifiers now, in bulk (add() parses unseen ones per batch otherwise).
+
+        With the test split's `inputs` [N, 900] and each row's `positions` within its puzzle (identifiers then
+        has one entry per row), a variant whose rows are exactly its task's test inputs takes their hashes as
+        the expected inputs instead of rebuilding them from test_puzzles.json.
+        """
         ids = np.asarray(identifiers).reshape(-1).astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.identifiers)):
             raise ValueError(f"Voter.prepare: puzzle identifier out of range 0..{len(self.identifiers) - 1}")
+        if inputs is not None:
+            positions = np.asarray(positions).reshape(-1).astype(np.int64)
+            if positions.shape != ids.shape or len(inputs) != ids.size:
+                raise ValueError("Voter.prepare: identifiers, inputs and positions must have one entry per row")
+            self._parse(ids[ids != 0], expect=False)
+            task = np.where(ids > 0, self._id_task[ids], -1)
+            rows_per_id = np.bincount(ids[task >= 0], minlength=len(self.identifiers))
+            whole = rows_per_id[ids] == np.where(task >= 0, self._task_ntests[np.maximum(task, 0)], -1)
+            use = np.flatnonzero((task >= 0) & whole & (positions >= 0) & (positions < self._max_tests))
+            for lo in range(0, use.size, CHUNK):
+                rows = use[lo:lo + CHUNK]
+                padded = np.zeros((rows.size, _PADDED), dtype=np.uint8)
+                padded[:, :SEQ_LEN] = inputs[rows]
+                a1, a2 = _hash(padded)
+                self._id_in1[ids[rows], positions[rows]] = a1
+                self._id_in2[ids[rows], positions[rows]] = a2
+            taken = np.unique(ids[use])
+            # check one variant per task against test_puzzles.json; any difference: rebuild them all
+            _, first = np.unique(self._id_task[taken], return_index=True)
+            sample = taken[first]
+            kept = self._id_in1[sample].copy(), self._id_in2[sample].copy()
+            self._expect(sample)
+            if not (np.array_equal(kept[0], self._id_in1[sample]) and np.array_equal(kept[1], self._id_in2[sample])):
+                taken = sample
+            self._id_ready[taken] = True
         self._parse(ids[ids != 0])
 
-    def _parse(self, ids: np.ndarray) -> None:
+    def _parse(self, ids: np.ndarray, expect: bool = True) -> None:
         new = np.unique(ids[~self._id_parsed[ids]])
-        if new.size == 0:
-            return
-        tasks, tids, mappings = _parse_names([self.identifiers[i] for i in new.tolist()])
-        task = np.array([self._task_index.get(t, -1) for t in tasks], dtype=np.int64)
-        self._id_task[new] = task
-        self._id_tinv[new] = np.asarray(DIHEDRAL_INVERSE, dtype=np.int8)[tids]
-        inverse = np.argsort(mappings, axis=1).astype(np.uint8)  # variant colour -> original colour
-        self._id_lut[new, 2:] = inverse + 1
-        self._id_parsed[new] = True
-        # expected raw canvases of the test inputs: per (task, test input), all variants at once
-        keep = np.flatnonzero(task >= 0)
-        order = keep[np.lexsort((tids[keep], task[keep]))]
-        if order.size == 0:
-            return
+        if new.size:
+            tasks, tids, mappings = _parse_names([self.identifiers[i] for i in new.tolist()])
+            self._id_task[new] = np.array([self._task_index.get(t, -1) for t in tasks], dtype=np.int64)
+            self._id_tinv[new] = np.asarray(DIHEDRAL_INVERSE, dtype=np.int8)[tids]
+            inverse = np.argsort(mappings, axis=1).astype(np.uint8)  # variant colour -> original colour
+            self._id_lut[new, 2:] = inverse + 1
+            self._id_parsed[new] = True
+        if expect:
+            need = ids[~self._id_ready[ids] & (self._id_task[ids] >= 0)]
+            if need.size:
+                self._expect(np.unique(need))
+
+    def _expect(self, new: np.ndarray) -> None:
+        """Hashes of the raw token canvases of the test inputs of these variants (the fast input match)."""
+        task = self._id_task[new]
+        tids = np.asarray(DIHEDRAL_INVERSE, dtype=np.int8)[self._id_tinv[new]]  # the inverse of an inverse
+        mappings = np.argsort(self._id_lut[new, 2:], axis=1).astype(np.uint8)  # original colour -> variant colour
+        self._id_ready[new] = True
+        # per (task, test input), all variants at once
+        order = np.lexsort((tids, task))
         task_edges = np.flatnonzero(np.r_[True, task[order][1:] != task[order][:-1], True])
         for lo, hi in zip(task_edges[:-1].tolist(), task_edges[1:].tolist()):
             rows = order[lo:hi]
@@ -340,7 +384,8 @@ class Voter:
             for j, s in enumerate(self.task_slots[t]):
                 coloured = maps[:, self.slot_input[s]] + np.uint8(2)  # [m, h, w]: colours first ...
                 canvas = np.zeros((rows.size, _PADDED), dtype=np.uint8)
-                view = canvas[:, :SEQ_LEN].reshape(rows.size, GRID, GRID)
+                view = canvas[:, :SEQ_LEN].view()
+                view.shape = (rows.size, GRID, GRID)  # a view (raises rather than copy)
                 for a, b in zip(tid_edges[:-1].tolist(), tid_edges[1:].tolist()):
                     x = dihedral(coloured[a:b], int(tid_rows[a]))  # ... then the transform
                     _, gh, gw = x.shape
@@ -705,8 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pooled", action="store_true",
                         help="the files are evaluations of different checkpoints: name metrics ARC_pooled/*")
     args = parser.parse_args(argv)
-    test_puzzles, identifiers = load_dataset_files(localize_path(args.data))
-    voter = Voter(test_puzzles, identifiers, prefix="ARC_pooled" if args.pooled else "ARC")
+    voter = Voter.from_dataset(args.data, prefix="ARC_pooled" if args.pooled else "ARC")
+    test_puzzles = voter.test_puzzles
     for path in args.outputs:
         out = load_outputs(localize_path(path))
         voter.add(out["puzzle_identifiers"], out["inputs"], out["preds"], out["q_halt_logits"])
