@@ -6,8 +6,6 @@ pod imports lives here, apart from the `@dsl.component` definitions.
 
 from __future__ import annotations
 
-from components import settings
-
 
 def build_argv(input_prefix: str, output: str, subsets: list, test_set_names: list, train_only_subsets: list,
                num_aug: int, seed: int, enable_train_translation: bool) -> list[str]:

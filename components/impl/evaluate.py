@@ -6,8 +6,6 @@ pod imports lives here, apart from the `@dsl.component` definitions.
 
 from __future__ import annotations
 
-from components import settings
-
 
 def run(dataset, model, run_root: str, max_augmentations: int, metrics, report, summary, submission) -> dict:
     from components import runtime

@@ -6,8 +6,6 @@ pod imports lives here, apart from the `@dsl.component` definitions.
 
 from __future__ import annotations
 
-from components import settings
-
 
 def run(submission, dataset, model, run_root: str, final) -> dict:
     from components import runtime
