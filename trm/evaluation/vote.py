@@ -71,22 +71,17 @@ def _parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """
     tails = np.frombuffer("".join([n[-18:].rjust(18) for n in names]).encode("ascii", "replace"),
                           dtype=np.uint8).reshape(len(names), 18)
-    plain = np.array([SEPARATOR not in n for n in names], dtype=bool)
     digits = tails[:, 8:] - np.uint8(ord("0"))
-    good = ((tails[:, :4] == np.frombuffer(b"|||t", np.uint8)).all(1) & (tails[:, 5:8] == ord("|")).all(1)
-            & (tails[:, 4] >= ord("0")) & (tails[:, 4] <= ord("7"))
-            & (np.sort(digits, axis=1) == np.arange(10, dtype=np.uint8)).all(1))
-    bad = np.flatnonzero(~good & ~plain)
-    if bad.size:
-        name = names[int(bad[0])]
-        parse_variant_name(name)  # raises with the data module's message
-        raise ValueError(f"identifier {name!r}: expected '<task>|||t<0-7>|||<10 digits>'")
-    tasks = [n if p else n[:-18] for n, p in zip(names, plain.tolist())]
-    bad = [n for n, t, p in zip(names, tasks, plain.tolist()) if not p and SEPARATOR in t]
-    if bad:
-        raise ValueError(f"identifier {bad[0]!r}: expected '<task>|||t<0-7>|||<10 digits>'")
-    tids = np.where(plain, 0, tails[:, 4].astype(np.int64) - ord("0")).astype(np.int8)
-    mappings = np.where(plain[:, None], np.arange(10, dtype=np.uint8), digits).astype(np.uint8)
+    variant = ((tails[:, :4] == np.frombuffer(b"|||t", np.uint8)).all(1) & (tails[:, 5:8] == ord("|")).all(1)
+               & (tails[:, 4] >= ord("0")) & (tails[:, 4] <= ord("7"))
+               & (np.sort(digits, axis=1) == np.arange(10, dtype=np.uint8)).all(1))
+    tasks = [n[:-18] if v else n for n, v in zip(names, variant.tolist())]
+    for name, task in zip(names, tasks):  # the only per-name check left: no separator in a task id
+        if SEPARATOR in task:
+            parse_variant_name(name)  # raises with the data module's message
+            raise ValueError(f"identifier {name!r}: expected '<task>|||t<0-7>|||<10 digits>'")
+    tids = np.where(variant, tails[:, 4].astype(np.int64) - ord("0"), 0).astype(np.int8)
+    mappings = np.where(variant[:, None], digits, np.arange(10, dtype=np.uint8)).astype(np.uint8)
     return tasks, tids, mappings
 
 
@@ -468,16 +463,17 @@ class Voter:
             positions = None if positions is None else positions[known]
             if ids.size == 0:
                 return
-        order = np.argsort(self._id_tinv[ids], kind="stable")
-        ids, inputs, preds, q, task = ids[order], inputs[order], preds[order], q[order], task[order]
-        positions = None if positions is None else positions[order]
         n = ids.size
         inputs = _tokens(inputs, "inputs")
-        preds = _tokens(preds, "preds")
         # inputs -> slots: hash of the raw canvas against the expected canvases of the variant's test inputs
         padded = np.zeros((n, _PADDED), dtype=np.uint8)
         padded[:, :SEQ_LEN] = inputs
         r1, r2 = _hash(padded)
+        # rows sorted by inverse transform (stable: a variant's rows keep their order)
+        order = np.argsort(self._id_tinv[ids], kind="stable")
+        ids, preds, q, task, r1, r2 = ids[order], preds[order], q[order], task[order], r1[order], r2[order]
+        positions = None if positions is None else positions[order]
+        preds = _tokens(preds, "preds")
         match = (self._id_in1[ids] == r1[:, None]) & (self._id_in2[ids] == r2[:, None])
         match &= np.arange(self._max_tests)[None, :] < self._task_ntests[task][:, None]
         nmatch = match.sum(axis=1)
@@ -485,7 +481,7 @@ class Voter:
         slots[nmatch != 1] = -1
         odd = np.flatnonzero(nmatch != 1)
         if odd.size:  # no exact canvas match (crop, then compare) or identical test inputs
-            canon, hh, ww = self._canonical(inputs[odd], ids[odd])
+            canon, hh, ww = self._canonical(inputs[order[odd]], ids[odd])
             c1, c2 = _hash(canon)
             for i, r in enumerate(odd.tolist()):
                 cand = self._input_slots.get((int(task[r]), int(c1[i]), int(c2[i]))) if hh[i] else None
