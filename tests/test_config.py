@@ -55,6 +55,7 @@ def test_preset_then_yaml_then_overrides(tmp_path):
 def test_parse_value():
     assert parse_value("True") is True and parse_value("false") is False
     assert parse_value("1e-4") == 1e-4 and parse_value("3") == 3 and parse_value("null") is None
+    assert load_config(["wandb=on"]).wandb == "on" and load_config(["wandb=False"]).wandb == "off"
     assert parse_value("[x,y]") == ["x", "y"] and parse_value("[]") == [] and parse_value('"12"') == "12"
 
 

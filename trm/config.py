@@ -305,6 +305,8 @@ def _coerce(key: str, value: Any) -> Any:
             raise ValueError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if base is str:
+        if isinstance(value, bool) and key == "wandb":  # wandb=on / wandb=False
+            return "on" if value else "off"
         if isinstance(value, (list, dict)):
             raise ValueError(f"{key}: expected a string, got {value!r}")
         return str(value)
