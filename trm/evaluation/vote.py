@@ -41,6 +41,7 @@ import json
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,13 +226,18 @@ class Voter:
     """Collects predictions of the test split and votes per (task, test input). See the module docstring."""
 
     def __init__(self, test_puzzles: dict, identifiers: list[str], pass_ks=PASS_KS, prefix: str = "ARC",
-                 submission_k: int = 2, keep_votes: int = 10):
+                 submission_k: int = 2, keep_votes: int = 10, workers: int | None = None):
         if submission_k < 1:
             raise ValueError(f"submission_k must be >= 1, got {submission_k}")
         if not pass_ks or any(int(k) < 1 for k in pass_ks):
             raise ValueError(f"pass_ks must be positive, got {pass_ks}")
         self.pass_ks = tuple(int(k) for k in pass_ks)
         self.prefix = prefix
+        # threads for the numpy work of add() calls larger than one block (CHUNK rows). Default 1: on the shared,
+        # loaded development machine two threads were slower; they may help on an idle multi-core machine.
+        self.workers = 1 if workers is None else int(workers)
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.submission_k = submission_k
         self.keep_votes = max(keep_votes, submission_k)
         self.identifiers = list(identifiers)
@@ -442,38 +448,50 @@ class Voter:
             positions = np.asarray(positions).reshape(-1)
             if positions.shape != (b,):
                 raise ValueError(f"Voter.add: positions must have shape [{b}], got {positions.shape}")
-        for start in range(0, b, CHUNK):
-            sl = slice(start, start + CHUNK)
-            self._add(ids[sl], inputs[sl], preds[sl], q[sl], None if positions is None else positions[sl])
-
-    def _add(self, ids, inputs, preds, q, positions) -> None:
         keep = ids != 0
-        self.counts["padding_rows"] += int(ids.size - keep.sum())
+        self.counts["padding_rows"] += int(b - keep.sum())
+        self._parse(ids[keep])
+        keep &= self._id_task[ids] >= 0
+        self.counts["unmatched_predictions"] += int(b - keep.sum() - (ids == 0).sum())
         if not keep.all():
             ids, inputs, preds, q = ids[keep], inputs[keep], preds[keep], q[keep]
             positions = None if positions is None else positions[keep]
-        if ids.size == 0:
+        blocks = [slice(a, a + CHUNK) for a in range(0, ids.size, CHUNK)]
+        workers = min(self.workers, len(blocks))
+        if workers <= 1:
+            for sl in blocks:
+                self._merge(ids[sl], inputs[sl], q[sl], None if positions is None else positions[sl],
+                            self._heavy(ids[sl], inputs[sl], preds[sl]))
             return
-        self._parse(ids)
-        task = self._id_task[ids]
-        known = task >= 0
-        if not known.all():
-            self.counts["unmatched_predictions"] += int((~known).sum())
-            ids, inputs, preds, q, task = ids[known], inputs[known], preds[known], q[known], task[known]
-            positions = None if positions is None else positions[known]
-            if ids.size == 0:
-                return
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy releases the GIL in the heavy part
+            for wave in range(0, len(blocks), 2 * workers):
+                batch = blocks[wave:wave + 2 * workers]
+                futures = [pool.submit(self._heavy, ids[sl], inputs[sl], preds[sl]) for sl in batch]
+                for sl, future in zip(batch, futures):
+                    self._merge(ids[sl], inputs[sl], q[sl], None if positions is None else positions[sl],
+                                future.result())
+
+    def _heavy(self, ids, inputs, preds) -> tuple:
+        """The numpy work of one block (reads the identifier tables only: safe in a worker thread)."""
         n = ids.size
         inputs = _tokens(inputs, "inputs")
-        # inputs -> slots: hash of the raw canvas against the expected canvases of the variant's test inputs
         padded = np.zeros((n, _PADDED), dtype=np.uint8)
         padded[:, :SEQ_LEN] = inputs
         r1, r2 = _hash(padded)
-        # rows sorted by inverse transform (stable: a variant's rows keep their order)
-        order = np.argsort(self._id_tinv[ids], kind="stable")
-        ids, preds, q, task, r1, r2 = ids[order], preds[order], q[order], task[order], r1[order], r2[order]
+        order = np.argsort(self._id_tinv[ids], kind="stable")  # a variant's rows keep their order
+        canon, hh, ww = self._canonical(_tokens(preds[order], "preds"), ids[order])
+        p1, p2 = _hash(canon)
+        return order, r1[order], r2[order], canon, hh, ww, p1, p2
+
+    def _merge(self, ids, inputs, q, positions, heavy) -> None:
+        """Slots, counts and the stored votes of one block (main thread, in feeding order)."""
+        order, r1, r2, canon, hh, ww, p1, p2 = heavy
+        if ids.size == 0:
+            return
+        ids, q = ids[order], q[order]
+        task = self._id_task[ids]
         positions = None if positions is None else positions[order]
-        preds = _tokens(preds, "preds")
+        # inputs -> slots: hash of the raw canvas against the expected canvases of the variant's test inputs
         match = (self._id_in1[ids] == r1[:, None]) & (self._id_in2[ids] == r2[:, None])
         match &= np.arange(self._max_tests)[None, :] < self._task_ntests[task][:, None]
         nmatch = match.sum(axis=1)
@@ -481,10 +499,10 @@ class Voter:
         slots[nmatch != 1] = -1
         odd = np.flatnonzero(nmatch != 1)
         if odd.size:  # no exact canvas match (crop, then compare) or identical test inputs
-            canon, hh, ww = self._canonical(inputs[order[odd]], ids[odd])
-            c1, c2 = _hash(canon)
+            c_in, h_in, _ = self._canonical(_tokens(inputs[order[odd]], "inputs"), ids[odd])
+            c1, c2 = _hash(c_in)
             for i, r in enumerate(odd.tolist()):
-                cand = self._input_slots.get((int(task[r]), int(c1[i]), int(c2[i]))) if hh[i] else None
+                cand = self._input_slots.get((int(task[r]), int(c1[i]), int(c2[i]))) if h_in[i] else None
                 if cand is None:
                     continue
                 slot = None
@@ -496,16 +514,13 @@ class Voter:
                     self._occurrence[k] = seen + 1
                     slot = cand[seen % len(cand)]
                 slots[r] = slot
-        # predictions -> canonical grids
-        canon, hh, ww = self._canonical(preds, ids)
         nonempty = hh > 0
         self.counts["empty_crops"] += int((~nonempty).sum())
         matched = slots >= 0
         self.counts["unmatched_predictions"] += int((nonempty & ~matched).sum())
         ok = nonempty & matched
         if not ok.all():
-            canon, hh, ww, slots, q = canon[ok], hh[ok], ww[ok], slots[ok], q[ok]
-        p1, p2 = _hash(canon)
+            canon, hh, ww, slots, q, p1, p2 = canon[ok], hh[ok], ww[ok], slots[ok], q[ok], p1[ok], p2[ok]
         # keep one canvas per grid first seen in this block (looked up in result())
         if p1.size:
             keys = np.stack([p1, p2], axis=1)
