@@ -434,8 +434,9 @@ class Trainer:
             return {}
         sums: dict[str, dict[str, torch.Tensor]] = {}
         outputs: list[dict[str, np.ndarray]] = []
-        want_vote = bool(self.cfg.evaluators)
+        want_vote = bool(self.cfg.evaluators) or bool(self.cfg.eval_save_outputs)
         for set_name, batch, _n_valid in loader:
+            pieces = []
             for m in _split(batch, max(1, math.ceil(batch["inputs"].shape[0] / self.micro))):
                 m = {k: v.to(env.device) for k, v in m.items()}
                 carry = model.initial_carry(m)
@@ -448,9 +449,11 @@ class Trainer:
                 for k, v in metrics.items():
                     acc[k] = acc[k] + v.to(torch.float64) if k in acc else v.to(torch.float64).clone()
                 if want_vote and set_name == "all":  # the first test path (the voter reads its files)
-                    outputs.append({"puzzle_identifiers": m["puzzle_identifiers"].cpu().numpy(),
-                                    "inputs": m["inputs"].cpu().numpy(), "preds": preds["preds"].cpu().numpy(),
-                                    "q_halt_logits": preds["q_halt_logits"].float().cpu().numpy()})
+                    pieces.append({"puzzle_identifiers": m["puzzle_identifiers"].cpu().numpy(),
+                                   "inputs": m["inputs"].cpu().numpy(), "preds": preds["preds"].cpu().numpy(),
+                                   "q_halt_logits": preds["q_halt_logits"].float().cpu().numpy()})
+            if pieces:  # one entry per loader batch: this rank's slice, in order
+                outputs.append({k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]})
         if was_training:
             model.train()
         if env.world_size > 1:
@@ -472,7 +475,7 @@ class Trainer:
             result.update({f"{s}/{k}": v / count for k, v in m.items()})
         if want_vote:
             try:
-                result.update(self._vote([o for _, o in gathered]))
+                result.update(self._vote(_dataset_order([o for _, o in gathered])))
             except (IndexError, KeyError, ValueError) as err:  # a voting bug must not end a long run
                 import traceback
 
@@ -480,20 +483,22 @@ class Trainer:
                 print(f"[trm.train] step {self.step}: ARC voting failed ({err!r}); training goes on", file=sys.stderr)
         return result
 
-    def _vote(self, per_rank: list[list[dict[str, np.ndarray]]]) -> dict[str, float]:
-        try:
-            from trm.evaluation.vote import Voter
-        except ImportError:
+    def _vote(self, ordered: list[dict[str, np.ndarray]]) -> dict[str, float]:
+        """ARC voting over the outputs (in dataset order); writes eval/step-N/. With eval_save_outputs also
+        outputs.npz (puzzle_identifiers, inputs, preds, q_halt_logits: the input of `trm vote`)."""
+        from trm.evaluation.vote import Voter, save_outputs
+
+        out_dir = self.run_dir / "eval" / f"step-{self.step}"
+        if self.cfg.eval_save_outputs and ordered:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_outputs(out_dir / "outputs.npz", *(np.concatenate([o[k] for o in ordered])
+                                                    for k in ("puzzle_identifiers", "inputs", "preds", "q_halt_logits")))
+        if not self.cfg.evaluators:
             return {}
         voter = Voter.from_dataset(self.test_paths[0])
-        # dataset order: batch by batch, rank by rank within a batch
-        for i in range(max((len(o) for o in per_rank), default=0)):
-            for outs in per_rank:
-                if i < len(outs):
-                    o = outs[i]
-                    voter.add(o["puzzle_identifiers"], o["inputs"], o["preds"], o["q_halt_logits"])
+        for o in ordered:
+            voter.add(o["puzzle_identifiers"], o["inputs"], o["preds"], o["q_halt_logits"])
         vote = voter.result()
-        out_dir = self.run_dir / "eval" / f"step-{self.step}"
         try:
             from trm.evaluation.vote import load_dataset_files, write_results
 
@@ -596,6 +601,14 @@ class Trainer:
         if not finished_epoch or epoch % interval:
             return False
         return epoch // interval - 1 >= self.cfg.min_eval_interval
+
+
+def _dataset_order(per_rank: list[list[dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+    """Per-rank lists of batch outputs -> one list in dataset order (batch by batch, rank by rank)."""
+    out = []
+    for i in range(max((len(o) for o in per_rank), default=0)):
+        out.extend(outs[i] for outs in per_rank if i < len(outs))
+    return out
 
 
 def _local_file(path: str, rel: str) -> Path | None:
