@@ -295,7 +295,7 @@ class TaskLayout:
         extent = np.zeros((2, NUM_TRANSFORMS, max(self.n, 1), 2), dtype=np.int64)
         for side in range(2):
             pos, tok, ex = [np.zeros((NUM_TRANSFORMS, 0), np.int64)], [np.zeros(0, np.uint8)], [np.zeros(0, np.int64)]
-            eos_pieces, eos_counts = [], []  # per example: cached [8] (row pos, col pos); [8, 2] lengths
+            eos_pieces = []  # per example: the cached per-transform (EOS row, EOS column) positions
             hw = np.zeros((NUM_TRANSFORMS, max(self.n, 1), 2), dtype=np.int64)
             for e, pair in enumerate(examples):
                 grid = pair[side]
