@@ -127,3 +127,31 @@ def test_two_gloo_ranks_equal_one_process(tiny, tmp_path):
         for key in ("train/lm_loss", "train/q_halt_loss", "train/accuracy", "train/count"):
             assert b[step][key] == pytest.approx(a[step][key], abs=1e-5), ("2 ranks", step, key)
             assert c[step][key] == pytest.approx(a[step][key], abs=1e-5), ("accumulation", step, key)
+
+
+@pytest.mark.s3
+def test_run_folder_and_checkpoints_on_s3(tiny, request, tmp_path):
+    pytest.importorskip("trm.storage.embedded")
+    env = request.getfixturevalue("s3_env")
+    from trm.storage import open_store
+
+    root = "s3://trm/test-train/run1"
+    args = [*BASE, f"data_paths=[{tiny}]", "epochs=1000", "eval_interval=1000", "evaluators=[]",
+            f"run_dir={root}", "checkpoint_every_n_steps=1", "keep_last=1", "run_name=s3run"]
+    os.environ.update(env)
+    home = tmp_path / "home"
+    os.environ["TRM_HOME"] = str(home)
+    try:
+        _run([*args, "max_steps=2"])
+        _run([*args, "max_steps=4"])  # resumes from step-2 on S3 and continues
+    finally:
+        os.environ.pop("TRM_HOME")
+    store = open_store()
+    keys = [u[len(root) + 1 :] for u in store.list(root)]
+    assert "checkpoints/step-4/_COMPLETE" in keys and "checkpoints/step-4/meta.json" in keys
+    # step 2 ended the first run with an evaluation, so it is kept; step 3 was a plain one (keep_last=1)
+    assert "checkpoints/step-2/_COMPLETE" in keys
+    assert not any(k.startswith("checkpoints/step-3/") for k in keys), keys
+    lines = [json.loads(x) for x in store.read_bytes(f"{root}/metrics.jsonl").decode().splitlines()]
+    assert sorted({r["step"] for r in lines}) == [1, 2, 3, 4]
+    assert [r["step"] for r in lines if "train/lm_loss" in r] == [1, 2, 3, 4]
