@@ -82,6 +82,8 @@ class AdamATan2(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if self._use_fused(p):
+                    if state["step"].device != p.device:  # load_state_dict leaves `step` where it was loaded
+                        state["step"] = state["step"].to(p.device)
                     for lst, t in zip(fused_lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
                         lst.append(t)
                 else:
