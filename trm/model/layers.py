@@ -174,16 +174,29 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(hidden_size, 3 * hidden_size)
         self.o_proj = Linear(hidden_size, hidden_size)
         self.register_buffer("qkv_order", pair_order(num_heads, self.head_dim) if rope else None, persistent=False)
+        self._ordered: tuple[tuple, torch.Tensor] | None = None  # no-grad cache of the reordered weight
+
+    def qkv_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """qkv_proj.weight in RoPE pair order and `dtype`; cached while the weight is unchanged and no
+        gradient is recorded (with autograd the gather is part of the graph, so it is redone per call)."""
+        w = self.qkv_proj.weight
+        if self.qkv_order is None:
+            return w.to(dtype)
+        if (torch.is_grad_enabled() and w.requires_grad) or w.is_inference():  # inference tensors have no version
+            return w.index_select(0, self.qkv_order).to(dtype)
+        key = (w.data_ptr(), w._version, w.device, dtype)
+        if self._ordered is None or self._ordered[0] != key:
+            with torch.no_grad():
+                self._ordered = (key, w.index_select(0, self.qkv_order).to(dtype))
+        return self._ordered[1]
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         b, s, _ = x.shape
         h = self.num_heads
-        w = self.qkv_proj.weight
-        if rope is not None:
-            if self.qkv_order is None:
-                raise ValueError("Attention was built without RoPE (rope=False) but got RoPE tables")
-            w = w.index_select(0, self.qkv_order)
-        qkv = F.linear(x, w.to(x.dtype)).view(b, s, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, S, Dh] view
+        if (rope is None) != (self.qkv_order is None):
+            raise ValueError("Attention: RoPE tables must be given exactly when the module was built with rope=True")
+        w = self.qkv_weight(x.dtype)
+        qkv = F.linear(x, w).view(b, s, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, S, Dh] view
         if rope is not None:
             qk = apply_rope(qkv[:, : 2 * h], *rope)  # contiguous [B, 2H, S, Dh]
             q, k = qk[:, :h], qk[:, h:]
