@@ -334,3 +334,25 @@ def test_reordered_qkv_cache_follows_weight_updates():
     fresh.load_state_dict(model.state_dict())
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, logits(fresh))
+
+
+def test_traces_without_graph_breaks():
+    """torch.compile(fullgraph=True) must see one graph in eval and in training (the trainer's compile=True)."""
+    cfg = small_config(H_cycles=1, L_cycles=1, halt_max_steps=2)
+    model = build(cfg)
+    batch = make_batch(cfg)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    model.eval()
+    with torch.inference_mode():
+        want = model(carry=model.initial_carry(batch), batch=batch, return_keys=("logits",))[3]["logits"]
+        got = compiled(carry=model.initial_carry(batch), batch=batch, return_keys=("logits",))[3]["logits"]
+    torch.testing.assert_close(got, want)
+    model.train()
+    _, loss, *_ = compiled(carry=model.initial_carry(batch), batch=batch)  # global RNG: traceable
+    loss.backward()
+    assert model.model.puzzle_emb.local_weights.grad is not None
+    # with an explicit generator the draws run outside the graph and match eager mode
+    loose = torch.compile(model, backend="eager")
+    runs = [fn(carry=model.initial_carry(batch), batch=batch, generator=torch.Generator().manual_seed(5))[0].halted
+            for fn in (model, loose)]
+    assert torch.equal(runs[0], runs[1])

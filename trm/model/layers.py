@@ -182,7 +182,7 @@ class Attention(nn.Module):
         w = self.qkv_proj.weight
         if self.qkv_order is None:
             return w.to(dtype)
-        if (torch.is_grad_enabled() and w.requires_grad) or w.is_inference():  # inference tensors have no version
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and w.requires_grad) or w.is_inference():
             return w.index_select(0, self.qkv_order).to(dtype)
         key = (w.data_ptr(), w._version, w.device, dtype)
         if self._ordered is None or self._ordered[0] != key:
@@ -224,7 +224,7 @@ class SwiGLU(nn.Module):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
             return self.down_proj(F.silu(gate) * up)
-        return self.down_proj(F.silu(gate).mul_(up))  # no autograd: reuse the buffer
+        return self.down_proj(F.silu(gate, inplace=True).mul_(up))  # no autograd: in place in the fresh buffer
 
 
 class Block(nn.Module):

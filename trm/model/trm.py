@@ -146,6 +146,17 @@ class RecursiveCore(nn.Module):
         return z_H.detach(), z_L.detach(), logits, q[:, 0], q[:, 1]
 
 
+def _draws(steps: torch.Tensor, max_steps: int, generator: torch.Generator | None):
+    """Exploration draws, in the reference's order: U(0,1) per row, then a minimum step count in 2..max_steps."""
+    uniform = torch.rand(steps.shape, generator=generator, device=steps.device)
+    minimum = torch.randint(2, max_steps + 1, steps.shape, generator=generator, device=steps.device, dtype=steps.dtype)
+    return uniform, minimum
+
+
+# torch.compile cannot trace an explicit Generator; run those draws eagerly (one small graph break)
+_draws_outside_compile = torch.compiler.disable(_draws)
+
+
 class TRM(nn.Module):
     """ACT wrapper: keeps a carry of rows in flight, resets halted rows from the batch, decides halting."""
 
@@ -194,9 +205,9 @@ class TRM(nn.Module):
             new_halted = last
             if self.training and c.halt_max_steps > 1:
                 new_halted = new_halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
-                explore = torch.rand(q_halt.shape, generator=generator, device=q_halt.device) < c.halt_exploration_prob
-                min_steps = explore * torch.randint(2, c.halt_max_steps + 1, steps.shape, generator=generator,
-                                                    device=steps.device, dtype=steps.dtype)
+                draw = _draws if generator is None else _draws_outside_compile
+                uniform, minimum = draw(steps, c.halt_max_steps, generator)
+                min_steps = (uniform < c.halt_exploration_prob) * minimum
                 new_halted = new_halted & (steps >= min_steps)
                 if not c.no_ACT_continue:  # bootstrap target for the q_continue loss (no replay buffer)
                     _, _, _, next_halt, next_continue = self.inner(z_H, z_L, data)
