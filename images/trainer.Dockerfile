@@ -28,8 +28,9 @@ COPY pyproject.toml README.md ./
 COPY trm ./trm
 COPY pipeline ./pipeline
 COPY components ./components
-# The gpu extra is already satisfied by the builds above; torch stays the base image's CUDA build.
-RUN pip install --no-build-isolation ".[gpu,wandb]" \
+# The gpu extra is already satisfied by the builds above; torch stays the base image's CUDA build. The
+# pipeline extra (kfp) is needed because the in-pod train and evaluate KFP steps run in this image.
+RUN pip install --no-build-isolation ".[gpu,wandb,pipeline]" \
     && python -c "import torch, trm; assert torch.version.cuda, 'expected a CUDA build of torch'"
 
 RUN useradd --create-home --uid 1000 --user-group trm
