@@ -129,3 +129,47 @@ def test_trunc_normal_has_requested_std():
     assert x.abs().max().item() <= 2 * corrected + 1e-6
     assert x.abs().max().item() > 2 * corrected * 0.99  # really reaches the cut
     assert torch.count_nonzero(trunc_normal_(torch.empty(10), std=0.0)) == 0
+
+
+def test_training_mode_matches_reference_code(fixtures_dir):
+    """Optional: with TRM_REFERENCE_DIR (a checkout of the reference code), training-mode ACT steps (halting
+    with exploration from the global RNG, losses) and first-step gradients equal the reference's."""
+    import importlib.util
+    from pathlib import Path
+
+    ref_dir = os.environ.get("TRM_REFERENCE_DIR")
+    if not ref_dir:
+        pytest.skip("TRM_REFERENCE_DIR not set (a checkout of the reference TinyRecursiveModels code)")
+    spec = importlib.util.spec_from_file_location("bench_step", Path(__file__).parents[1] / "bench" / "bench_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = _fixture_config(fixtures_dir).replace(halt_exploration_prob=0.5)
+    ours = LossHead(TRM(cfg))
+    ours.load_state_dict(_load(fixtures_dir, "trm_tiny_state_dict.pt"))
+    ref = bench.build_reference(Path(ref_dir), cfg, ours, torch.device("cpu"))
+    batch = {k: v for k, v in _load(fixtures_dir, "trm_tiny_batch.pt").items() if k != "labels_raw"}
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.model.inner.q_head.bias.fill_(3.0)  # q_halt > 0, so exploration decides who halts
+    traces = []
+    for m in (ours, ref):
+        m.train()
+        torch.manual_seed(123)
+        carry, trace = m.initial_carry(batch), []
+        for _ in range(6):
+            carry, loss, _, _, _ = m(carry=carry, batch=batch, return_keys=[])
+            trace.append((carry.halted.tolist(), carry.steps.tolist(), loss.item()))
+        traces.append(trace)
+    for (h1, s1, l1), (h2, s2, l2) in zip(*traces):
+        assert (h1, s1) == (h2, s2)
+        assert abs(l1 / l2 - 1) < 1e-6
+    for m in (ours, ref):
+        m.zero_grad()
+        torch.manual_seed(0)
+        _, loss, *_ = m(carry=m.initial_carry(batch), batch=batch, return_keys=[])
+        loss.backward()
+    theirs = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-4, atol=1e-5 * theirs[name].grad.abs().max().item())
+    torch.testing.assert_close(ours.model.puzzle_emb.local_weights.grad, ref.model.puzzle_emb.local_weights.grad,
+                               rtol=1e-4, atol=1e-5)
