@@ -334,6 +334,9 @@ def test_reordered_qkv_cache_follows_weight_updates():
     fresh.load_state_dict(model.state_dict())
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, logits(fresh))
+    model.train()  # training after an inference-mode eval reuses the cache in its no-grad cycles
+    _, loss, *_ = model(carry=model.initial_carry(batch), batch=batch)
+    loss.backward()
 
 
 def test_traces_without_graph_breaks():
