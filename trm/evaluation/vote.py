@@ -37,6 +37,7 @@ Rules (see docs/evaluation.md):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -68,19 +69,29 @@ def parse_variant(name: str) -> tuple[str, int, np.ndarray]:
 def _parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Many variant names at once -> (tasks, tids [m], mappings [m, 10]); ValueError naming a bad one.
 
-    A variant name ends in the 18 characters `|||t<d>|||<10 digits>`; those tails are checked as one array.
+    A variant name ends in the 18 characters `|||t<d>|||<10 digits>`; those tails are checked as one array,
+    cut out of all the names joined into one string.
     """
-    tails = np.frombuffer("".join([n[-18:].rjust(18) for n in names]).encode("ascii", "replace"),
-                          dtype=np.uint8).reshape(len(names), 18)
+    m = len(names)
+    joined = "".join(names)
+    lengths = np.fromiter(map(len, names), dtype=np.int64, count=m)
+    if joined.isascii():  # one byte per character: the tails are slices of the joined bytes
+        buf = np.frombuffer(b" " * 18 + joined.encode("ascii"), dtype=np.uint8)
+        tails = buf[np.cumsum(lengths)[:, None] + np.arange(18)]
+    else:
+        tails = np.frombuffer("".join([n[-18:].rjust(18) for n in names]).encode("ascii", "replace"),
+                              dtype=np.uint8).reshape(m, 18)
     digits = tails[:, 8:] - np.uint8(ord("0"))
-    variant = ((tails[:, :4] == np.frombuffer(b"|||t", np.uint8)).all(1) & (tails[:, 5:8] == ord("|")).all(1)
-               & (tails[:, 4] >= ord("0")) & (tails[:, 4] <= ord("7"))
-               & (np.sort(digits, axis=1) == np.arange(10, dtype=np.uint8)).all(1))
+    seen = np.bitwise_or.reduce(np.left_shift(np.uint16(1), np.minimum(digits, 15).astype(np.uint16)), axis=1)
+    variant = ((lengths >= 18) & (tails[:, :4] == np.frombuffer(b"|||t", np.uint8)).all(1)
+               & (tails[:, 5:8] == ord("|")).all(1) & (tails[:, 4] >= ord("0")) & (tails[:, 4] <= ord("7"))
+               & (digits <= 9).all(1) & (seen == 1023))  # each digit 0..9 once
     tasks = [n[:-18] if v else n for n, v in zip(names, variant.tolist())]
-    for name, task in zip(names, tasks):  # the only per-name check left: no separator in a task id
-        if SEPARATOR in task:
-            parse_variant_name(name)  # raises with the data module's message
-            raise ValueError(f"identifier {name!r}: expected '<task>|||t<0-7>|||<10 digits>'")
+    if SEPARATOR in "\n".join(tasks):  # the only check left per name: no separator in a task id
+        for name, task in zip(names, tasks):
+            if SEPARATOR in task:
+                parse_variant_name(name)  # raises with the data module's message
+                raise ValueError(f"identifier {name!r}: expected '<task>|||t<0-7>|||<10 digits>'")
     tids = np.where(variant, tails[:, 4].astype(np.int64) - ord("0"), 0).astype(np.int8)
     mappings = np.where(variant[:, None], digits, np.arange(10, dtype=np.uint8)).astype(np.uint8)
     return tasks, tids, mappings
@@ -109,16 +120,40 @@ def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Row r keeps the columns before the first non-colour token of rows 0..r; the rectangle with the largest
     area wins, the fewest rows on ties.
     """
-    n = tokens.shape[0]
-    grid = tokens.reshape(n, GRID, GRID)
-    bad = (grid - np.uint8(2)) >= np.uint8(10)  # uint8 wraps: PAD 0 / EOS 1 become 254 / 255
-    first = bad.argmax(axis=2)  # [n, 30]
-    found = np.take_along_axis(bad, first[:, :, None], axis=2)[:, :, 0]
-    first = np.where(found, first, GRID)
-    cols = np.minimum.accumulate(first, axis=1)
-    area = cols * np.arange(1, GRID + 1)
-    best = area.argmax(axis=1)
-    width = cols[np.arange(n), best]
+    return _crop(np.asarray(tokens, dtype=np.uint8).reshape(-1, SEQ_LEN) - np.uint8(2))
+
+
+_FIELD = np.uint64((1 << GRID) - 1)
+_STOP = np.uint64(1 << GRID)  # a stop bit after the 30 cells of a grid row
+_ROW_NUMBER = np.arange(1, GRID + 1, dtype=np.int64)
+
+
+def _crop(shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """crop_sizes of token rows minus 2 (uint8 [n, 900]: colours 0..9, everything else >= 10).
+
+    The non-colour cells are packed into bits, 30 per grid row; the grid rows are read as 64-bit words (four
+    rows every 15 bytes, at bit offsets 0, 30, 60, 90), laid out grid row major ([30, n]) and OR-accumulated
+    down the rows; the first non-colour column of each prefix is its count of trailing zeros.
+    """
+    n = shifted.shape[0]
+    bits = np.zeros(n * SEQ_LEN // 8 + 16, dtype=np.uint8)
+    packed = np.packbits(shifted.reshape(-1) >= np.uint8(10), bitorder="little")
+    bits[:packed.size] = packed
+    quads = -(-n * GRID // 4)
+    rows = np.empty((quads, 4), dtype=np.uint64)
+    for j, (offset, shift) in enumerate(((0, 0), (3, 6), (7, 4), (11, 2))):
+        word = np.ndarray((quads,), dtype=np.uint64, buffer=bits, offset=offset, strides=(15,))
+        np.right_shift(word, np.uint64(shift), out=rows[:, j])
+    rows = np.ascontiguousarray(rows.reshape(-1)[:n * GRID].reshape(n, GRID).T)  # [30, n]
+    rows &= _FIELD
+    rows |= _STOP
+    np.bitwise_or.accumulate(rows, axis=0, out=rows)
+    rows &= ~rows + np.uint64(1)  # the lowest set bit, a power of two <= 2**30
+    cols = (rows.astype(np.float64).view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1023  # its exponent
+    area = cols * _ROW_NUMBER[:, None]
+    reached = np.maximum.accumulate(area, axis=0)
+    best = (reached < reached[-1]).sum(axis=0)  # the first grid row with the largest area
+    width = cols[best, np.arange(n)]
     nonempty = width > 0
     return np.where(nonempty, best + 1, 0), np.where(nonempty, width, 0)
 
@@ -129,6 +164,7 @@ _WORDS = 113
 _PADDED = _WORDS * 8
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _weights = np.random.default_rng(0x7E5A).integers(1, 2**63, size=(2, _WORDS), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_weights_t = np.ascontiguousarray(_weights.T)
 _ROWS = np.arange(GRID)
 # 0/1 masks of the top-left h x w rectangle, index h * 31 + w
 _RECT = ((_ROWS[None, None, :, None] < np.arange(GRID + 1)[:, None, None, None])
@@ -140,7 +176,45 @@ def _hash(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[n, 904] uint8 -> two uint64 [n] hashes."""
     x = padded.view(np.uint64) * _MIX
     x ^= x >> np.uint64(29)
-    return (x * _weights[0]).sum(axis=1), (x * _weights[1]).sum(axis=1)
+    both = x @ _weights_t  # uint64 matmul wraps like the sum of products
+    return both[:, 0], both[:, 1]
+
+
+_TABLE_ROWS = 25  # rows that share one 256-byte table in _recolour: codes 10 * k + colour, 255 outside crops
+_CODE_OFFSET = (np.arange(_TABLE_ROWS) * 10).astype(np.uint8)
+_OUTSIDE = ((1 - _RECT) * 255).astype(np.uint8)  # 0 inside the top-left h x w rectangle, 255 outside
+
+
+def _recolour(shifted: np.ndarray, h: np.ndarray, w: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """Per-row colour look-up inside each crop, 0 outside: [n, 900] uint8.
+
+    `shifted` holds tokens minus 2 (colours 0..9 inside the h x w crops), `luts` [n, 10] each row's value per
+    colour. Rows go 25 at a time through `bytes.translate` (a byte look-up far cheaper than a numpy gather):
+    row k of a group is coded 10 * k + colour, cells outside its crop 255 (mapped to 0).
+    """
+    n = shifted.shape[0]
+    groups = -(-n // _TABLE_ROWS)
+    code = shifted + np.tile(_CODE_OFFSET, groups)[:n, None]
+    code |= _OUTSIDE[h * (GRID + 1) + w]
+    tables = np.zeros((groups, 256), dtype=np.uint8)
+    flat = np.zeros((groups * _TABLE_ROWS, 10), dtype=np.uint8)
+    flat[:n] = luts
+    tables[:, :_TABLE_ROWS * 10] = flat.reshape(groups, _TABLE_ROWS * 10)
+    data, tab, step = code.tobytes(), tables.tobytes(), _TABLE_ROWS * SEQ_LEN
+    out = b"".join([data[i * step:(i + 1) * step].translate(tab[i * 256:(i + 1) * 256]) for i in range(groups)])
+    return np.frombuffer(out, dtype=np.uint8).reshape(n, SEQ_LEN)
+
+
+def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Index of the first occurrence of each distinct (a[i], b[i]) pair (uint64 keys), in no particular order."""
+    order = np.argsort(a, kind="stable")
+    sa, sb = a[order], b[order]
+    new = np.r_[True, sa[1:] != sa[:-1]]
+    if not (new[1:] | (sb[1:] == sb[:-1])).all():  # equal a with different b: order by both
+        order = np.lexsort((b, a))
+        sa, sb = a[order], b[order]
+        new = np.r_[True, (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])]
+    return order[new]
 
 
 def _shift(tid: int, h: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -357,9 +431,11 @@ class Voter:
         new = np.unique(ids[~self._id_parsed[ids]])
         if new.size:
             tasks, tids, mappings = _parse_names([self.identifiers[i] for i in new.tolist()])
-            self._id_task[new] = np.array([self._task_index.get(t, -1) for t in tasks], dtype=np.int64)
+            self._id_task[new] = np.fromiter(map(self._task_index.get, tasks, itertools.repeat(-1)),
+                                             dtype=np.int64, count=len(tasks))
             self._id_tinv[new] = np.asarray(DIHEDRAL_INVERSE, dtype=np.int8)[tids]
-            inverse = np.argsort(mappings, axis=1).astype(np.uint8)  # variant colour -> original colour
+            inverse = np.empty_like(mappings)  # variant colour -> original colour
+            np.put_along_axis(inverse, mappings.astype(np.intp), np.arange(10, dtype=np.uint8)[None, :], axis=1)
             self._id_lut[new, 2:] = inverse + 1
             self._id_parsed[new] = True
         if expect:
@@ -405,10 +481,9 @@ class Voter:
         Rows must come sorted by inverse transform id (see _add), so that each transform is one slice.
         """
         n = tokens.shape[0]
-        h, w = crop_sizes(tokens)
-        masked = tokens * _RECT[h * (GRID + 1) + w]
-        index = masked + (np.arange(n, dtype=np.int32) * 12)[:, None]
-        mapped = self._id_lut[ids].reshape(-1).take(index).reshape(n, GRID, GRID)
+        shifted = tokens - np.uint8(2)
+        h, w = _crop(shifted)
+        mapped = _recolour(shifted, h, w, self._id_lut[ids, 2:]).reshape(n, GRID, GRID)
         tinv = self._id_tinv[ids]
         buf = np.zeros((n, SEQ_LEN * 2 + 4), dtype=np.uint8)
         shift = np.zeros(n, dtype=np.int64)
@@ -519,13 +594,15 @@ class Voter:
         matched = slots >= 0
         self.counts["unmatched_predictions"] += int((nonempty & ~matched).sum())
         ok = nonempty & matched
+        kept = np.arange(ok.size)
         if not ok.all():
-            canon, hh, ww, slots, q, p1, p2 = canon[ok], hh[ok], ww[ok], slots[ok], q[ok], p1[ok], p2[ok]
+            kept = np.flatnonzero(ok)
+            hh, ww, slots, q, p1, p2 = hh[kept], ww[kept], slots[kept], q[kept], p1[kept], p2[kept]
         # keep one canvas per grid first seen in this block (looked up in result())
         if p1.size:
-            keys = np.stack([p1, p2], axis=1)
-            _, first = np.unique(keys, axis=0, return_index=True)
-            self._store.append((keys[first], canon[first], np.stack([hh[first], ww[first]], axis=1)))
+            first = _first_of_pairs(p1, p2)
+            self._store.append((np.stack([p1[first], p2[first]], axis=1), canon[kept[first]],
+                                np.stack([hh[first], ww[first]], axis=1)))
         self.counts["predictions"] += int(slots.size)
         self._slots.append(slots)
         self._h1.append(p1)
@@ -546,14 +623,20 @@ class Voter:
 
     def _lookup(self, h1: np.ndarray, h2: np.ndarray) -> dict[tuple[int, int], tuple[np.ndarray, int, int]]:
         """(canvas, height, width) of the grids with these keys, from the stored blocks."""
+        if not self._store or not h1.size:
+            return {}
+        keys = np.concatenate([k for k, _, _ in self._store])
+        block = np.repeat(np.arange(len(self._store)), [len(k) for k, _, _ in self._store])
+        row = np.arange(keys.shape[0]) - np.repeat(np.cumsum([0] + [len(k) for k, _, _ in self._store])[:-1],
+                                                   [len(k) for k, _, _ in self._store])
+        hit = np.flatnonzero(np.isin(keys[:, 0], h1))
+        hit = hit[_first_of_pairs(keys[hit, 0], keys[hit, 1])]
         wanted = set(zip(h1.tolist(), h2.tolist()))
         found: dict = {}
-        needed = np.unique(h1)
-        for keys, canvases, shapes in self._store:
-            for i in np.flatnonzero(np.isin(keys[:, 0], needed)).tolist():
-                key = (int(keys[i, 0]), int(keys[i, 1]))
-                if key in wanted and key not in found:
-                    found[key] = (canvases[i], int(shapes[i, 0]), int(shapes[i, 1]))
+        for key, b, r in zip(map(tuple, keys[hit].tolist()), block[hit].tolist(), row[hit].tolist()):
+            if key in wanted:
+                _, canvases, shapes = self._store[b]
+                found[key] = (canvases[r], int(shapes[r, 0]), int(shapes[r, 1]))
         return found
 
     def result(self) -> VoteResult:
