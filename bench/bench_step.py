@@ -15,7 +15,10 @@ Baselines: the reference's float32 CPU timings on this machine at batch 8 (27.3 
 step for the seed model; 0.41 s / 0.20 s for the tiny one); the goal is at least 1.25x. With
 --reference-dir (a checkout of the reference code) the reference is also timed in this run, interleaved with
 ours, on the same weights and batch (fwd + bwd + the same optimisers), which is the fairer comparison on a
-loaded machine. On CPU the glibc allocator is tuned first (trm.model.runtime; --no-tune-malloc to skip).
+loaded machine. On CPU the glibc allocator is tuned first (trm.model.runtime; --no-tune-malloc to skip); the
+tuning is process-wide, so the same-run reference profits from it too and that ratio leaves its gain out.
+On a machine shared with other jobs, two OpenMP threads mostly wait on each other (CPU time counts the
+spinning); `--threads 1` gives steadier relative numbers there.
 MFU (with --peak-tflops) counts matmul + attention FLOPs: backward = 2x forward for the part with gradients.
 """
 
