@@ -165,6 +165,7 @@ _PADDED = _WORDS * 8
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _weights = np.random.default_rng(0x7E5A).integers(1, 2**63, size=(2, _WORDS), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 _weights_t = np.ascontiguousarray(_weights.T)
+_SLOT_MIX = np.uint64(0xD6E8FEB86659FD93)  # odd: (slot, grid hash) -> one sort key
 _ROWS = np.arange(GRID)
 # 0/1 masks of the top-left h x w rectangle, index h * 31 + w
 _RECT = ((_ROWS[None, None, :, None] < np.arange(GRID + 1)[:, None, None, None])
@@ -205,6 +206,13 @@ def _recolour(shifted: np.ndarray, h: np.ndarray, w: np.ndarray, luts: np.ndarra
     return np.frombuffer(out, dtype=np.uint8).reshape(n, SEQ_LEN)
 
 
+def _distinct(values: np.ndarray, size: int) -> np.ndarray:
+    """np.unique of non-negative ints below `size` (identifiers), through a count."""
+    if not values.size:
+        return values.astype(np.int64)
+    return np.flatnonzero(np.bincount(values, minlength=size))
+
+
 def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Index of the first occurrence of each distinct (a[i], b[i]) pair (uint64 keys), in no particular order."""
     order = np.argsort(a, kind="stable")
@@ -243,7 +251,7 @@ def canvas_of(grid: np.ndarray) -> np.ndarray:
 
 
 def _grid_of(canvas: np.ndarray, h: int, w: int) -> np.ndarray:
-    return (canvas[:SEQ_LEN].reshape(GRID, GRID)[:h, :w] - 1).astype(np.uint8)
+    return np.subtract(canvas[:SEQ_LEN].reshape(GRID, GRID)[:h, :w], np.uint8(1), dtype=np.uint8)
 
 
 def _tokens_of(grid: np.ndarray) -> np.ndarray:
@@ -345,11 +353,13 @@ class Voter:
         self._max_tests = int(self._task_ntests.max()) if self.tasks else 1
         # canonical hashes of test inputs (slow-path matching) and of the known truths (scoring)
         self._input_slots: dict[tuple[int, int, int], list[int]] = {}
-        for s, grid in enumerate(self.slot_input):
-            a, b = _hash(canvas_of(grid)[None])
-            self._input_slots.setdefault((self.slot_task[s], int(a[0]), int(b[0])), []).append(s)
-        self._truth_key = [None if g is None else tuple(int(v[0]) for v in _hash(canvas_of(g)[None]))
-                           for g in self.slot_truth]
+        grids = self.slot_input + [g for g in self.slot_truth if g is not None]
+        a, b = _hash(np.stack([canvas_of(g) for g in grids])) if grids else ([], [])
+        a, b = a.tolist(), b.tolist()
+        for s in range(len(self.slot_input)):
+            self._input_slots.setdefault((self.slot_task[s], a[s], b[s]), []).append(s)
+        known = iter(zip(a[len(self.slot_input):], b[len(self.slot_input):]))
+        self._truth_key = [None if g is None else next(known) for g in self.slot_truth]
         # per identifier: task index (-1: not a test task), inverse transform id, token -> colour + 1 lut, and
         # the hashes of the raw token canvases of its test inputs (the fast path of input matching)
         n_id = len(self.identifiers)
@@ -412,11 +422,12 @@ class Voter:
             for lo in range(0, use.size, CHUNK):
                 rows = use[lo:lo + CHUNK]
                 padded = np.zeros((rows.size, _PADDED), dtype=np.uint8)
-                padded[:, :SEQ_LEN] = inputs[rows]
+                contiguous = rows[-1] - rows[0] + 1 == rows.size  # a slice: no gathered copy
+                padded[:, :SEQ_LEN] = inputs[rows[0]:rows[-1] + 1] if contiguous else inputs[rows]
                 a1, a2 = _hash(padded)
                 self._id_in1[ids[rows], positions[rows]] = a1
                 self._id_in2[ids[rows], positions[rows]] = a2
-            taken = np.unique(ids[use])
+            taken = _distinct(ids[use], len(self.identifiers))
             # check one variant per task against test_puzzles.json; any difference: rebuild them all
             _, first = np.unique(self._id_task[taken], return_index=True)
             sample = taken[first]
@@ -428,9 +439,13 @@ class Voter:
         self._parse(ids[ids != 0])
 
     def _parse(self, ids: np.ndarray, expect: bool = True) -> None:
-        new = np.unique(ids[~self._id_parsed[ids]])
+        new = _distinct(ids[~self._id_parsed[ids]], len(self.identifiers))
         if new.size:
-            tasks, tids, mappings = _parse_names([self.identifiers[i] for i in new.tolist()])
+            if new[-1] - new[0] + 1 == new.size:  # a range of identifiers: a slice of the names
+                names = self.identifiers[int(new[0]):int(new[-1]) + 1]
+            else:
+                names = [self.identifiers[i] for i in new.tolist()]
+            tasks, tids, mappings = _parse_names(names)
             self._id_task[new] = np.fromiter(map(self._task_index.get, tasks, itertools.repeat(-1)),
                                              dtype=np.int64, count=len(tasks))
             self._id_tinv[new] = np.asarray(DIHEDRAL_INVERSE, dtype=np.int8)[tids]
@@ -441,7 +456,7 @@ class Voter:
         if expect:
             need = ids[~self._id_ready[ids] & (self._id_task[ids] >= 0)]
             if need.size:
-                self._expect(np.unique(need))
+                self._expect(_distinct(need, len(self.identifiers)))
 
     def _expect(self, new: np.ndarray) -> None:
         """Hashes of the raw token canvases of the test inputs of these variants (the fast input match)."""
@@ -645,10 +660,18 @@ class Voter:
         h1 = np.concatenate(self._h1) if self._h1 else empty_u
         h2 = np.concatenate(self._h2) if self._h2 else empty_u
         qs = np.concatenate(self._qs) if self._qs else np.zeros(0)
-        # candidates: distinct (slot, grid); q summed in ascending order so that feeding order never matters
-        order = np.lexsort((qs, h2, h1, slots))
-        s_o, a_o, b_o = slots[order], h1[order], h2[order]
+        # candidates: distinct (slot, grid); q summed in ascending order so that feeding order never matters.
+        # Sorted by q, then (stable) by one 64-bit key of (slot, grid); were two candidates to share a key, the
+        # full four-key sort is used instead.
+        by_q = np.argsort(qs, kind="stable")
+        key = h1 + slots.astype(np.uint64) * _SLOT_MIX
+        order = by_q[np.argsort(key[by_q], kind="stable")]
+        s_o, a_o, b_o, k_o = slots[order], h1[order], h2[order], key[order]
         change = np.r_[True, (s_o[1:] != s_o[:-1]) | (a_o[1:] != a_o[:-1]) | (b_o[1:] != b_o[:-1])]
+        if not np.array_equal(change[1:], k_o[1:] != k_o[:-1]):
+            order = np.lexsort((qs, h2, h1, slots))
+            s_o, a_o, b_o = slots[order], h1[order], h2[order]
+            change = np.r_[True, (s_o[1:] != s_o[:-1]) | (a_o[1:] != a_o[:-1]) | (b_o[1:] != b_o[:-1])]
         starts = np.flatnonzero(change) if slots.size else empty_i
         counts = np.diff(np.r_[starts, slots.size])
         sums = np.add.reduceat(qs[order], starts) if slots.size else np.zeros(0)
@@ -683,6 +706,9 @@ class Voter:
             truth_rank[c_slot[hit]] = hit - bounds[c_slot[hit]]
 
         submission, votes, passed, fallback, ncand = {}, {}, {}, {}, {}
+        bounds_l, truth_l = bounds.tolist(), truth_rank.tolist()
+        keys_l = list(zip(c_h1.tolist(), c_h2.tolist()))
+        counts_l, means_l = counts.tolist(), means.tolist()
         totals = [0.0] * len(self.pass_ks)
         scored = no_pred = 0
         for t, name in enumerate(self.tasks):
@@ -690,13 +716,13 @@ class Voter:
             correct = [0] * len(self.pass_ks)
             known = 0
             for s in self.task_slots[t]:
-                a, b = int(bounds[s]), int(bounds[s + 1])
+                a, b = bounds_l[s], bounds_l[s + 1]
                 truth_known = self._truth_key[s] is not None
                 cands = []
                 for c in range(a, min(b, a + self.keep_votes)):
-                    canvas, h, w = grids[(int(c_h1[c]), int(c_h2[c]))]
-                    cands.append(Candidate(_grid_of(canvas, h, w), int(counts[c]), float(means[c]),
-                                           bool(c - a == truth_rank[s]) if truth_known else None))
+                    canvas, h, w = grids[keys_l[c]]
+                    cands.append(Candidate(_grid_of(canvas, h, w), counts_l[c], means_l[c],
+                                           (c - a == truth_l[s]) if truth_known else None))
                 task_votes.append(cands)
                 task_n.append(b - a)
                 if cands:
@@ -711,7 +737,7 @@ class Voter:
                 oks = {}
                 if truth_known:
                     known += 1
-                    r = int(truth_rank[s])
+                    r = truth_l[s]
                     for i, k in enumerate(self.pass_ks):
                         ok = 0 <= r < k
                         correct[i] += ok
