@@ -137,7 +137,7 @@ def _crop(shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n = shifted.shape[0]
     bits = np.zeros(n * SEQ_LEN // 8 + 16, dtype=np.uint8)
-    packed = np.packbits(shifted.reshape(-1) >= np.uint8(10), bitorder="little")
+    packed = np.packbits((shifted >= np.uint8(10)).reshape(-1), bitorder="little")
     bits[:packed.size] = packed
     quads = -(-n * GRID // 4)
     rows = np.empty((quads, 4), dtype=np.uint64)
@@ -182,28 +182,33 @@ def _hash(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _TABLE_ROWS = 25  # rows that share one 256-byte table in _recolour: codes 10 * k + colour, 255 outside crops
-_CODE_OFFSET = (np.arange(_TABLE_ROWS) * 10).astype(np.uint8)
-_OUTSIDE = ((1 - _RECT) * 255).astype(np.uint8)  # 0 inside the top-left h x w rectangle, 255 outside
+_OUTSIDE = np.zeros(((GRID + 1) ** 2, _PADDED), dtype=np.uint8)  # per h * 31 + w: 255 outside the h x w crop
+_OUTSIDE[:, :SEQ_LEN] = (1 - _RECT) * 255
+_OUTSIDE[:, SEQ_LEN:] = 255
+_CODE_OFFSETS = (np.arange(_TABLE_ROWS) * 10).astype(np.uint8)
 
 
-def _recolour(shifted: np.ndarray, h: np.ndarray, w: np.ndarray, luts: np.ndarray) -> np.ndarray:
-    """Per-row colour look-up inside each crop, 0 outside: [n, 900] uint8.
+def _recolour(code: np.ndarray, h: np.ndarray, w: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """Per-row colour look-up inside each crop, 0 outside, on padded rows: writable [n, 904] uint8.
 
-    `shifted` holds tokens minus 2 (colours 0..9 inside the h x w crops), `luts` [n, 10] each row's value per
-    colour. Rows go 25 at a time through `bytes.translate` (a byte look-up far cheaper than a numpy gather):
-    row k of a group is coded 10 * k + colour, cells outside its crop 255 (mapped to 0).
+    `code` [n, 904] holds tokens minus 2 plus 10 * (row % 25) in its first 900 columns (colours 0..9 inside
+    the h x w crops; overwritten, the last 4 columns too), `luts` [n, 10] each row's value per colour. Cells outside a crop are coded
+    255, and rows go 25 at a time through `bytes.translate` with one 256-byte table (a byte look-up far
+    cheaper than a numpy gather): row k of a group maps code 10 * k + colour to its own table entry.
     """
-    n = shifted.shape[0]
-    groups = -(-n // _TABLE_ROWS)
-    code = shifted + np.tile(_CODE_OFFSET, groups)[:n, None]
+    n = code.shape[0]
     code |= _OUTSIDE[h * (GRID + 1) + w]
+    groups = -(-n // _TABLE_ROWS)
     tables = np.zeros((groups, 256), dtype=np.uint8)
     flat = np.zeros((groups * _TABLE_ROWS, 10), dtype=np.uint8)
     flat[:n] = luts
     tables[:, :_TABLE_ROWS * 10] = flat.reshape(groups, _TABLE_ROWS * 10)
-    data, tab, step = code.tobytes(), tables.tobytes(), _TABLE_ROWS * SEQ_LEN
-    out = b"".join([data[i * step:(i + 1) * step].translate(tab[i * 256:(i + 1) * 256]) for i in range(groups)])
-    return np.frombuffer(out, dtype=np.uint8).reshape(n, SEQ_LEN)
+    data, tab, step = code.tobytes(), tables.tobytes(), _TABLE_ROWS * _PADDED
+    out = bytearray(len(data))
+    view = memoryview(out)
+    for i in range(groups):
+        view[i * step:(i + 1) * step] = data[i * step:(i + 1) * step].translate(tab[i * 256:(i + 1) * 256])
+    return np.frombuffer(out, dtype=np.uint8).reshape(n, _PADDED)
 
 
 def _distinct(values: np.ndarray, size: int) -> np.ndarray:
@@ -493,26 +498,47 @@ class Voter:
     def _canonical(self, tokens: np.ndarray, ids: np.ndarray):
         """[n, 900] uint8 tokens -> (padded canonical canvases [n, 904], heights, widths) in the original frame.
 
-        Rows must come sorted by inverse transform id (see _add), so that each transform is one slice.
+        Rows must come sorted by inverse transform id (see _add), so that each transform is one slice. The
+        colours are looked up first (in the variant's frame), then each transform id undoes its slice: 0 keeps
+        it, 6 transposes it, 5 reorders whole grid rows, the others transform the 30x30 canvas and re-anchor it
+        through a per-row window.
         """
         n = tokens.shape[0]
         shifted = tokens - np.uint8(2)
         h, w = _crop(shifted)
-        mapped = _recolour(shifted, h, w, self._id_lut[ids, 2:]).reshape(n, GRID, GRID)
+        code = np.empty((n, _PADDED), dtype=np.uint8)  # the last 4 columns: 255 after _recolour's mask
+        np.add(shifted, _CODE_OFFSETS[np.arange(n) % _TABLE_ROWS][:, None], out=code[:, :SEQ_LEN])
+        canon = _recolour(code, h, w, self._id_lut[ids, 2:])
         tinv = self._id_tinv[ids]
-        buf = np.zeros((n, SEQ_LEN * 2 + 4), dtype=np.uint8)
-        shift = np.zeros(n, dtype=np.int64)
-        cells = buf[:, :SEQ_LEN].view()
-        cells.shape = (n, GRID, GRID)  # a view of buf (raises rather than copy)
         edges = np.flatnonzero(np.r_[True, tinv[1:] != tinv[:-1], True])
+        buf, shift, moved = None, None, []
         for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
             t = int(tinv[lo])
-            cells[lo:hi] = dihedral(mapped[lo:hi], t)
-            if t:
+            if t == 0:
+                continue
+            part = canon[lo:hi]
+            grids = part[:, :SEQ_LEN].reshape(hi - lo, GRID, GRID)
+            if t == 6:
+                part[:, :SEQ_LEN] = grids.transpose(0, 2, 1).reshape(hi - lo, SEQ_LEN)
+            elif t == 5:  # canonical grid row r is row h - 1 - r (row 29, outside every crop but 30 rows high, past h)
+                hh = h[lo:hi, None]
+                src = np.where(_ROWS[None, :] < hh, hh - 1 - _ROWS[None, :], GRID - 1)
+                src += (np.arange(hi - lo) * GRID)[:, None]
+                rows = np.ascontiguousarray(grids).reshape(-1, GRID)  # every grid row, one after the other
+                part[:, :SEQ_LEN] = rows.take(src.reshape(-1), axis=0).reshape(hi - lo, SEQ_LEN)
+            else:  # transform the whole canvas, then re-anchor through a window (below)
+                if buf is None:
+                    buf = np.zeros((n, SEQ_LEN * 2 + 4), dtype=np.uint8)
+                    shift = np.zeros(n, dtype=np.int64)
+                buf[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(grids, t)
                 shift[lo:hi] = _shift(t, h[lo:hi], w[lo:hi])
-        shift[h == 0] = 0  # empty crops: nothing to re-anchor
-        windows = np.lib.stride_tricks.sliding_window_view(buf, _PADDED, axis=1)
-        canon = windows[np.arange(n), shift]
+                moved.append(np.arange(lo, hi))
+        if moved:
+            rows = np.concatenate(moved)
+            shift[h == 0] = 0  # empty crops: nothing to re-anchor
+            windows = np.ndarray((n, SEQ_LEN + 1, _PADDED), dtype=np.uint8, buffer=buf,
+                                 strides=(buf.strides[0], 1, 1))  # windows[i, s] = buf[i, s:s + 904]
+            canon[rows] = windows[rows, shift[rows]]
         swap = _TRANSPOSING[tinv]
         return canon, np.where(swap, w, h), np.where(swap, h, w)
 
@@ -763,7 +789,7 @@ class Voter:
         return VoteResult(metrics, submission, votes, passed, fallback, p, ncand)
 
 
-CHUNK = 2048  # rows processed at once: keeps the temporaries in cache
+CHUNK = 768  # rows processed at once: keeps the temporaries in cache (larger blocks measured slower)
 
 
 def _tokens(arr: np.ndarray, what: str) -> np.ndarray:
