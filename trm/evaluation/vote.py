@@ -608,10 +608,14 @@ class Voter:
         task = self._id_task[ids]
         positions = None if positions is None else positions[order]
         # inputs -> slots: hash of the raw canvas against the expected canvases of the variant's test inputs
-        match = (self._id_in1[ids] == r1[:, None]) & (self._id_in2[ids] == r2[:, None])
-        match &= np.arange(self._max_tests)[None, :] < self._task_ntests[task][:, None]
-        nmatch = match.sum(axis=1)
-        slots = self._task_first[task] + match.argmax(axis=1)
+        ntests = self._task_ntests[task]
+        nmatch = np.zeros(ids.size, dtype=np.int64)
+        found = np.zeros(ids.size, dtype=np.int64)  # the first matching test input
+        for j in reversed(range(self._max_tests)):
+            hit = (self._id_in1[ids, j] == r1) & (self._id_in2[ids, j] == r2) & (ntests > j)
+            nmatch += hit
+            found[hit] = j
+        slots = self._task_first[task] + found
         slots[nmatch != 1] = -1
         odd = np.flatnonzero(nmatch != 1)
         if odd.size:  # no exact canvas match (crop, then compare) or identical test inputs
