@@ -375,6 +375,10 @@ class Voter:
         self._id_ready = np.zeros(n_id, dtype=bool)  # expected input hashes known
         self._id_in1 = np.zeros((n_id, self._max_tests), dtype=np.uint64)
         self._id_in2 = np.zeros((n_id, self._max_tests), dtype=np.uint64)
+        # prepare()d from the test split: the split's rows are the expected inputs, compared byte for byte
+        self._id_src = np.zeros(n_id, dtype=bool)
+        self._id_row = np.full((n_id, self._max_tests), -1, dtype=np.int64)
+        self._src: np.ndarray | None = None
         self._occurrence: dict[tuple[int, int], int] = {}  # (identifier, first slot) -> predictions seen
         # accumulated votes, and one canvas per distinct grid
         self._slots: list[np.ndarray] = []
@@ -419,29 +423,51 @@ class Voter:
             positions = np.asarray(positions).reshape(-1).astype(np.int64)
             if positions.shape != ids.shape or len(inputs) != ids.size:
                 raise ValueError("Voter.prepare: identifiers, inputs and positions must have one entry per row")
+            if tuple(np.shape(inputs)[1:]) != (SEQ_LEN,):
+                raise ValueError(f"Voter.prepare: inputs must be [N, {SEQ_LEN}], got {np.shape(inputs)}")
             self._parse(ids[ids != 0], expect=False)
             task = np.where(ids > 0, self._id_task[ids], -1)
             rows_per_id = np.bincount(ids[task >= 0], minlength=len(self.identifiers))
             whole = rows_per_id[ids] == np.where(task >= 0, self._task_ntests[np.maximum(task, 0)], -1)
             use = np.flatnonzero((task >= 0) & whole & (positions >= 0) & (positions < self._max_tests))
-            for lo in range(0, use.size, CHUNK):
-                rows = use[lo:lo + CHUNK]
-                padded = np.zeros((rows.size, _PADDED), dtype=np.uint8)
-                contiguous = rows[-1] - rows[0] + 1 == rows.size  # a slice: no gathered copy
-                padded[:, :SEQ_LEN] = inputs[rows[0]:rows[-1] + 1] if contiguous else inputs[rows]
-                a1, a2 = _hash(padded)
-                self._id_in1[ids[rows], positions[rows]] = a1
-                self._id_in2[ids[rows], positions[rows]] = a2
+            if self._src is not None and self._src is not inputs:
+                self._hash_rows()  # the earlier split's rows become hashes: one source of rows at a time
+            rows_of = np.full((len(self.identifiers), self._max_tests), -1, dtype=np.int64)
+            rows_of[ids[use], positions[use]] = use
             taken = _distinct(ids[use], len(self.identifiers))
             # check one variant per task against test_puzzles.json; any difference: rebuild them all
             _, first = np.unique(self._id_task[taken], return_index=True)
             sample = taken[first]
-            kept = self._id_in1[sample].copy(), self._id_in2[sample].copy()
+            rows = rows_of[sample].reshape(-1)
+            padded = np.zeros((rows.size, _PADDED), dtype=np.uint8)
+            padded[rows >= 0, :SEQ_LEN] = inputs[rows[rows >= 0]]
+            a1, a2 = _hash(padded)
+            kept = (np.where(rows >= 0, a1, 0).reshape(sample.size, -1),
+                    np.where(rows >= 0, a2, 0).reshape(sample.size, -1))
             self._expect(sample)
-            if not (np.array_equal(kept[0], self._id_in1[sample]) and np.array_equal(kept[1], self._id_in2[sample])):
+            if np.array_equal(kept[0], self._id_in1[sample]) and np.array_equal(kept[1], self._id_in2[sample]):
+                self._id_row[taken] = rows_of[taken]
+                self._id_src[taken] = True
+                self._src = inputs
+            else:
                 taken = sample
             self._id_ready[taken] = True
         self._parse(ids[ids != 0])
+
+    def _hash_rows(self) -> None:
+        """Turn the identifiers compared with prepare()'s rows into hash-compared ones (their rows' hashes)."""
+        held = np.flatnonzero(self._id_src)
+        for lo in range(0, held.size, CHUNK):
+            part = held[lo:lo + CHUNK]
+            rows = self._id_row[part].reshape(-1)
+            padded = np.zeros((rows.size, _PADDED), dtype=np.uint8)
+            padded[rows >= 0, :SEQ_LEN] = self._src[rows[rows >= 0]]
+            a1, a2 = _hash(padded)
+            self._id_in1[part] = np.where(rows >= 0, a1, 0).reshape(part.size, -1)
+            self._id_in2[part] = np.where(rows >= 0, a2, 0).reshape(part.size, -1)
+        self._id_src[:] = False
+        self._id_row[:] = -1
+        self._src = None
 
     def _parse(self, ids: np.ndarray, expect: bool = True) -> None:
         new = _distinct(ids[~self._id_parsed[ids]], len(self.identifiers))
@@ -591,35 +617,52 @@ class Voter:
         """The numpy work of one block (reads the identifier tables only: safe in a worker thread)."""
         n = ids.size
         inputs = _tokens(inputs, "inputs")
-        padded = np.zeros((n, _PADDED), dtype=np.uint8)
-        padded[:, :SEQ_LEN] = inputs
-        r1, r2 = _hash(padded)
+        r1 = r2 = None  # hashes of the inputs not compared with the test split's rows, in feeding order
+        hashed = np.flatnonzero(~self._id_src[ids])
+        if hashed.size:
+            padded = np.zeros((hashed.size, _PADDED), dtype=np.uint8)
+            padded[:, :SEQ_LEN] = inputs if hashed.size == n else inputs[hashed]
+            a1, a2 = _hash(padded)
+            r1, r2 = np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.uint64)
+            r1[hashed], r2[hashed] = a1, a2
         order = np.argsort(self._id_tinv[ids], kind="stable")  # a variant's rows keep their order
         canon, hh, ww = self._canonical(_tokens(preds[order], "preds"), ids[order])
         p1, p2 = _hash(canon)
-        return order, r1[order], r2[order], canon, hh, ww, p1, p2
+        return order, inputs, r1, r2, canon, hh, ww, p1, p2
 
     def _merge(self, ids, inputs, q, positions, heavy) -> None:
         """Slots, counts and the stored votes of one block (main thread, in feeding order)."""
-        order, r1, r2, canon, hh, ww, p1, p2 = heavy
+        order, tokens, r1, r2, canon, hh, ww, p1, p2 = heavy
         if ids.size == 0:
             return
-        ids, q = ids[order], q[order]
-        task = self._id_task[ids]
-        positions = None if positions is None else positions[order]
-        # inputs -> slots: hash of the raw canvas against the expected canvases of the variant's test inputs
-        ntests = self._task_ntests[task]
+        # inputs -> slots (in feeding order): the raw canvas against the expected canvases of the variant's test
+        # inputs, byte for byte for the test split's rows (prepare), else through their hashes
+        ntests = self._task_ntests[self._id_task[ids]]
+        src = self._id_src[ids]
         nmatch = np.zeros(ids.size, dtype=np.int64)
         found = np.zeros(ids.size, dtype=np.int64)  # the first matching test input
         for j in reversed(range(self._max_tests)):
-            hit = (self._id_in1[ids, j] == r1) & (self._id_in2[ids, j] == r2) & (ntests > j)
+            live = ntests > j
+            if r1 is not None:
+                hit = (self._id_in1[ids, j] == r1) & (self._id_in2[ids, j] == r2) & live & ~src
+            else:
+                hit = np.zeros(ids.size, dtype=bool)
+            rows = np.where(src & live, self._id_row[ids, j], -1)
+            sel = np.flatnonzero(rows >= 0)
+            if sel.size:
+                every = sel.size == ids.size
+                ref = np.asarray(self._src[rows if every else rows[sel]]).astype(np.uint8, copy=False)
+                hit[sel] = (ref == (tokens if every else tokens[sel])).all(axis=1)
             nmatch += hit
             found[hit] = j
+        ids, q, nmatch, found = ids[order], q[order], nmatch[order], found[order]
+        task = self._id_task[ids]
+        positions = None if positions is None else positions[order]
         slots = self._task_first[task] + found
         slots[nmatch != 1] = -1
         odd = np.flatnonzero(nmatch != 1)
         if odd.size:  # no exact canvas match (crop, then compare) or identical test inputs
-            c_in, h_in, _ = self._canonical(_tokens(inputs[order[odd]], "inputs"), ids[odd])
+            c_in, h_in, _ = self._canonical(tokens[order[odd]], ids[odd])
             c1, c2 = _hash(c_in)
             for i, r in enumerate(odd.tolist()):
                 cand = self._input_slots.get((int(task[r]), int(c1[i]), int(c2[i]))) if h_in[i] else None
