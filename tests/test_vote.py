@@ -364,3 +364,37 @@ def test_threaded_blocks_give_the_same_result(fixtures_dir, monkeypatch, run):
     a, b = one.result(), two.result()
     assert a.submission == b.submission and a.metrics == b.metrics
     assert json.dumps(b.submission) == (fixtures_dir / run / "submission.json").read_text()
+
+
+def test_prepared_rows_are_compared_with_what_is_fed():
+    """prepare() keeps the split's rows as expected inputs: fed rows that differ still match through their crop,
+    and a second prepare() with other rows leaves the first one's expectations intact."""
+    x1, y1, x2, y2 = [[1, 2]], [[3]], [[4], [5]], [[6, 6]]
+    puzzles = {"t": {"train": [], "test": [{"input": x1, "output": y1}, {"input": x2, "output": y2}]}}
+    maps = [np.r_[0, np.arange(9, 0, -1)], np.r_[0, np.roll(np.arange(1, 10), 2)]]
+    names = ["<blank>", "t", name_of("t", 3, maps[0]), name_of("t", 6, maps[1])]
+    rows = {(i, j): tokens(augment(x, t, m)) for i, t, m in ((2, 3, maps[0]), (3, 6, maps[1]))
+            for j, x in enumerate((x1, x2))}
+
+    def voter_with(split_ids):
+        voter = Voter(puzzles, names)
+        for pid in split_ids:  # one prepare() per variant: different arrays
+            voter.prepare([pid, pid], inputs=np.stack([rows[pid, 0], rows[pid, 1]]).astype(np.int32),
+                          positions=[0, 1])
+        return voter
+
+    junk = rows[2, 1].copy()
+    junk[29 * 30 + 29] = 7  # differs from the prepared row outside the crop
+    fed = [(2, junk, augment(y2, 3, maps[0])), (2, rows[2, 0], augment(y1, 3, maps[0])),
+           (3, rows[3, 1], augment(y2, 6, maps[1])), (3, rows[3, 0], augment(y1, 6, maps[1])),
+           (3, tokens([[9, 9, 9]]), augment(y1, 6, maps[1]))]  # an input of no test
+    results = []
+    for split in ([], [2], [2, 3], [3, 2]):
+        voter = voter_with(split)
+        feed(voter, fed)
+        results.append(voter.result())
+    for res in results:
+        assert res.metrics["ARC/pass@1"] == 1.0
+        assert res.metrics["ARC/predictions"] == 4 and res.metrics["ARC/unmatched_predictions"] == 1
+        assert [[c.count for c in v] for v in res.votes["t"]] == [[2], [2]]
+        assert res.submission == results[0].submission
