@@ -651,8 +651,9 @@ class Voter:
             sel = np.flatnonzero(rows >= 0)
             if sel.size:
                 every = sel.size == ids.size
-                ref = np.asarray(self._src[rows if every else rows[sel]]).astype(np.uint8, copy=False)
-                hit[sel] = (ref == (tokens if every else tokens[sel])).all(axis=1)
+                ref = np.ascontiguousarray(self._src[rows if every else rows[sel]], dtype=np.uint8)
+                fed = np.ascontiguousarray(tokens if every else tokens[sel])
+                hit[sel] = (ref.view(np.uint32) == fed.view(np.uint32)).all(axis=1)  # 4 cells at a time
             nmatch += hit
             found[hit] = j
         ids, q, nmatch, found = ids[order], q[order], nmatch[order], found[order]
