@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                         line += f"  vs reference this run: {ref_wall / wall:.2f}x wall, {ref_cpu / cpu:.2f}x cpu"
                     if args.peak_tflops:
                         tflops = step_flops(cfg, mode == "train") / wall / 1e12
-                        line += f"  {tflops:.1f} TFLOP/s  MFU {100 * tflops / args.peak_tflops:.1f}%"
+                        line += f"  {tflops:.3g} TFLOP/s  MFU {100 * tflops / args.peak_tflops:.1f}%"
                     print(line, flush=True)
                     results.append((name, mode, label, wall))
     return 0
