@@ -25,8 +25,11 @@ Rules (see docs/evaluation.md):
 - ranking inside a slot: vote count (descending), then mean sigmoid(q_halt) (descending, summed in sorted
   order so that the feeding order never matters), then the grid itself (ascending by height, width, then
   row-major cells): fully deterministic.
-- speed: everything is numpy over blocks of rows (crop, colour lut, dihedral transform per transform id,
-  re-anchoring by a per-row window, hashing); Python loops run per distinct grid and per test input only.
+- speed: everything runs over blocks of 768 rows: crop sizes from bit-packed non-colour cells, the per-row colour
+  look-up through `bytes.translate` (25 rows per 256-byte table), one dihedral transform per transform id
+  (re-anchored by a per-row window where needed), 64-bit hashes as uint64 matrix products; inputs of rows
+  prepare()d from the test split are compared with those rows byte for byte instead of hashed. Python loops
+  run per block, per transform id, per distinct grid shown and per test input, never per prediction.
 - fallback: a test input with no usable prediction gets its own test input as both attempts, and is counted
   in `<prefix>/test_inputs_without_predictions`; with one candidate, attempt_2 repeats attempt_1.
 - scoring: pass@K per test input; a task scores the mean over its test inputs whose output is known; the
