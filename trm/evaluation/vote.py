@@ -740,7 +740,7 @@ class Voter:
         # candidates: distinct (slot, grid); q summed in ascending order so that feeding order never matters.
         # Sorted by q, then (stable) by one 64-bit key of (slot, grid); were two candidates to share a key, the
         # full four-key sort is used instead.
-        by_q = np.argsort(qs, kind="stable")
+        by_q = np.argsort(qs)  # equal q are equal values: their order changes no sum
         key = h1 + slots.astype(np.uint64) * _SLOT_MIX
         order = by_q[np.argsort(key[by_q], kind="stable")]
         s_o, a_o, b_o, k_o = slots[order], h1[order], h2[order], key[order]
