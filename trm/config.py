@@ -202,7 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "micro_batch_size": 8,
         "lr": 3e-3,
         "lr_warmup_steps": 20,
-        "puzzle_emb_lr": 1e-2,
+        "puzzle_emb_lr": 1e-1,
         "weight_decay": 0.1,
         "ema": False,
         "epochs": 1000,
