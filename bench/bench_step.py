@@ -4,6 +4,8 @@
     .venv/bin/python bench/bench_step.py --models tiny --repeats 5
     .venv/bin/python bench/bench_step.py --reference-dir ../TinyRecursiveModels   # also time the reference here
     .venv/bin/python bench/bench_step.py --models seed --device cuda --dtype bfloat16 --compile both --peak-tflops 989
+    .venv/bin/python bench/bench_step.py --compile both --thread-variants 1 --interop-threads 1 \
+        --reference-dir ../TinyRecursiveModels        # CPU: every setting in one run, interleaved with the reference
 
 A train step is one ACT step of the loss head from a fresh carry (every row reset): forward, backward of
 loss / batch, and the trainer's optimiser step (AdamATan2 on the dense weights + sparse sign-SGD on the
@@ -19,12 +21,19 @@ loaded machine. On CPU the glibc allocator is tuned first (trm.model.runtime; --
 tuning is process-wide, so the same-run reference profits from it too and that ratio leaves its gain out.
 On a machine shared with other jobs, two OpenMP threads mostly wait on each other (CPU time counts the
 spinning); `--threads 1` gives steadier relative numbers there.
+Settings compared in one run (each on its own copy of the same weights, interleaved): eager and/or
+torch.compile (`--compile both`; the first step, which compiles, is printed as `first` and left out of the
+median), and other thread counts (`--thread-variants 1` adds `ours t1` and, with --reference-dir,
+`reference t1`; each ours-line is compared with the reference at the same thread count). After each mode a
+`best of ours` line names the fastest setting and its ratio next to plain eager ours. Interop threads and the
+allocator tuning are process-wide, so they are compared across runs (`--interop-threads`, `--no-tune-malloc`).
 MFU (with --peak-tflops) counts matmul + attention FLOPs: backward = 2x forward for the part with gradients.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import inspect
 import os
@@ -122,9 +131,10 @@ def build_reference(ref_dir: Path, cfg: ModelConfig, ours: LossHead, device: tor
 # --- timing ----------------------------------------------------------------------------------------------------
 
 class Runner:
-    def __init__(self, label: str, model: torch.nn.Module, batch: dict, optimizer: bool, call=None):
-        self.label, self.model, self.batch = label, model, batch
-        self.call = call or model
+    def __init__(self, label: str, model: torch.nn.Module, batch: dict, optimizer: bool, call=None,
+                 threads: int = 0):
+        self.label, self.model, self.batch, self.threads = label, model, batch, threads
+        self.call = model if call is None else call  # a compiled module has no truth value
         self.optimizers = []
         if optimizer:
             from trm.optim import AdamATan2, SparseSignSGD
@@ -133,6 +143,11 @@ class Runner:
             dense = [p for p in model.parameters() if p.requires_grad]
             self.optimizers = [AdamATan2(dense, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1),
                                SparseSignSGD(emb, lr=1e-2, weight_decay=0.1)]
+
+    def step(self, mode: str) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        getattr(self, f"{mode}_step")()
 
     def train_step(self) -> None:
         self.model.train()
@@ -157,23 +172,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(runners: list[Runner], mode: str, repeats: int, device: torch.device) -> dict[str, tuple]:
-    """Median wall and CPU seconds per step for each runner, alternating between them."""
+def time_interleaved(runners: list[Runner], mode: str, repeats: int, device: torch.device,
+                     default_threads: int) -> tuple[dict[str, tuple], dict[str, float]]:
+    """Median wall and CPU seconds per step for each runner, alternating between them; and each runner's
+    warm-up seconds (for a compiled runner the first step includes compilation)."""
     wall = {r.label: [] for r in runners}
     cpu = {r.label: [] for r in runners}
+    warmup = {}
     for r in runners:  # warm-up (and compilation)
-        getattr(r, f"{mode}_step")()
-    _sync(device)
+        t0 = time.perf_counter()
+        r.step(mode)
+        _sync(device)
+        warmup[r.label] = time.perf_counter() - t0
+        torch.set_num_threads(default_threads)
     for _ in range(repeats):
         for r in runners:
             u0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
-            getattr(r, f"{mode}_step")()
+            r.step(mode)
             _sync(device)
             wall[r.label].append(time.perf_counter() - t0)
             u1 = resource.getrusage(resource.RUSAGE_SELF)
             cpu[r.label].append(u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k]), wall[k]) for k in wall}
+            torch.set_num_threads(default_threads)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k]), wall[k]) for k in wall}, warmup
+
+
+def settings(label: str, default_threads: int) -> str:
+    """The bench options a runner label stands for."""
+    opts = ["--compile on" if "+compile" in label else "eager"]
+    m = re.search(r" t(\d+)$", label)
+    opts.append(f"--threads {m.group(1) if m else default_threads}")
+    return ", ".join(opts)
+
+
+def same_threads_reference(label: str, timed: dict) -> str | None:
+    """The reference runner timed with the same thread count as `label`, if any."""
+    m = re.search(r" t\d+$", label)
+    peer = "reference" + (m.group(0) if m else "")
+    return peer if peer in timed else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-optimizer", action="store_true", help="train step without the optimiser step")
     p.add_argument("--no-tune-malloc", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--interop-threads", type=int, default=0, help="torch.set_num_interop_threads (process-wide)")
+    p.add_argument("--thread-variants", default="",
+                   help="comma list of other thread counts to time in the same run, e.g. 1 (adds 'ours t1', ...)")
     p.add_argument("--reference-dir", type=Path, default=os.environ.get("TRM_REFERENCE_DIR") or None,
                    help="a checkout of the reference code, to time it in this run (also TRM_REFERENCE_DIR)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (H100 SXM bf16 dense: 989)")
@@ -199,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.interop_threads:
+        torch.set_num_interop_threads(args.interop_threads)  # before any parallel work, or torch refuses
     tuned = device.type == "cpu" and not args.no_tune_malloc and tune_cpu_allocator()
     optimizer = not args.no_optimizer
     if optimizer:
@@ -208,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trm.optim not importable ({err}): timing forward+backward only")
             optimizer = False
     compile_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    default_threads = torch.get_num_threads()
+    extra_threads = sorted({int(t) for t in args.thread_variants.split(",") if t.strip()} - {default_threads})
+    if any(t < 1 for t in extra_threads):
+        print(f"--thread-variants {args.thread_variants!r}: thread counts must be positive", file=sys.stderr)
+        return 2
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}, batch {args.batch}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, interop threads {torch.get_num_interop_threads()}, dtype {args.dtype}, batch {args.batch}, "
           f"optimizer step {'on (trm.optim AdamATan2 + SparseSignSGD)' if optimizer else 'off'}, "
           f"malloc tuned {bool(tuned)}, load average {os.getloadavg()[0]:.2f} (1 min), cpus {os.cpu_count()}")
 
@@ -221,32 +268,60 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(name, args.batch, args.dtype)
         batch = make_batch(cfg, device)
         repeats = args.repeats or (5 if name == "tiny" else 2)
-        for compiled in compile_modes:
-            torch.manual_seed(0)
-            model = LossHead(TRM(cfg)).to(device)
-            call = torch.compile(model) if compiled else model
-            runners = [Runner("ours" + ("+compile" if compiled else ""), model, batch, optimizer, call)]
-            if args.reference_dir and not compiled:
+        torch.manual_seed(0)
+        model = LossHead(TRM(cfg)).to(device)
+        # every variant runs in this process, interleaved, on its own copy of the same weights
+        runners = []
+        for threads in [0] + extra_threads:
+            tag = f" t{threads}" if threads else ""
+            for compiled in compile_modes:
+                own = copy.deepcopy(model)
+                runners.append(Runner("ours" + ("+compile" if compiled else "") + tag, own, batch, optimizer,
+                                      torch.compile(own) if compiled else own, threads))
+            if args.reference_dir:
                 ref = build_reference(args.reference_dir, cfg, model, device)
-                runners.append(Runner("reference", ref, batch, optimizer))
-            for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-                load0 = os.getloadavg()[0]
-                timed = time_interleaved(runners, mode, repeats, device)
-                load1 = os.getloadavg()[0]
-                published = REFERENCE_SECONDS.get(name, (0, 0))[0 if mode == "train" else 1]
-                for label, (wall, cpu, all_walls) in timed.items():
-                    line = (f"{name:5s} {mode:5s} {label:16s} {wall:8.3f} s/step  {args.batch / wall:8.2f} ex/s  "
-                            f"cpu {cpu:7.2f} s  steps {' '.join(f'{w:.2f}' for w in all_walls)}  load {load0:.1f}->{load1:.1f}")
-                    if label.startswith("ours") and device.type == "cpu" and args.dtype == "float32" and args.batch == 8:
-                        line += f"  vs published reference {published:.2f} s: {published / wall:.2f}x (goal {GOAL}x)"
-                    if label.startswith("ours") and "reference" in timed:
-                        ref_wall, ref_cpu, _ = timed["reference"]
-                        line += f"  vs reference this run: {ref_wall / wall:.2f}x wall, {ref_cpu / cpu:.2f}x cpu"
-                    if args.peak_tflops:
-                        tflops = step_flops(cfg, mode == "train") / wall / 1e12
-                        line += f"  {tflops:.3g} TFLOP/s  MFU {100 * tflops / args.peak_tflops:.1f}%"
-                    print(line, flush=True)
-                    results.append((name, mode, label, wall))
+                runners.append(Runner("reference" + tag, ref, batch, optimizer, threads=threads))
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            load0 = os.getloadavg()[0]
+            timed, warmup = time_interleaved(runners, mode, repeats, device, default_threads)
+            load1 = os.getloadavg()[0]
+            published = REFERENCE_SECONDS.get(name, (0, 0))[0 if mode == "train" else 1]
+            vs_published = device.type == "cpu" and args.dtype == "float32" and args.batch == 8 and published
+            for label, (wall, cpu, all_walls) in timed.items():
+                line = (f"{name:5s} {mode:5s} {label:19s} {wall:8.3f} s/step  {args.batch / wall:8.2f} ex/s  "
+                        f"cpu {cpu:7.2f} s  steps {' '.join(f'{w:.2f}' for w in all_walls)}  "
+                        f"first {warmup[label]:.2f} s  load {load0:.1f}->{load1:.1f}")
+                if label.startswith("ours") and vs_published:
+                    line += f"  vs published reference {published:.2f} s: {published / wall:.2f}x (goal {GOAL}x)"
+                peer = same_threads_reference(label, timed)
+                if label.startswith("ours") and peer:
+                    ref_wall, ref_cpu, _ = timed[peer]
+                    line += f"  vs {peer} this run: {ref_wall / wall:.2f}x wall, {ref_cpu / cpu:.2f}x cpu"
+                if "+compile" in label:
+                    line += f"  (compile ~{max(0.0, warmup[label] - wall):.1f} s in the first step)"
+                if args.peak_tflops:
+                    tflops = step_flops(cfg, mode == "train") / wall / 1e12
+                    line += f"  {tflops:.3g} TFLOP/s  MFU {100 * tflops / args.peak_tflops:.1f}%"
+                print(line, flush=True)
+                results.append((name, mode, label, wall))
+            ours = {k: v[0] for k, v in timed.items() if k.startswith("ours")}
+            plain = ours.get("ours")
+            best = min(ours, key=ours.get)
+            line = f"{name:5s} {mode:5s} best of ours: {best} ({settings(best, default_threads)}) {ours[best]:.3f} s/step"
+            peer = same_threads_reference(best, timed)
+            if peer:  # the reference with the same thread count: threads speed both up alike
+                line += f"  vs {peer} this run {timed[peer][0] / ours[best]:.2f}x"
+            if "reference" in timed:
+                ref_wall = timed["reference"][0]
+                if peer != "reference":
+                    line += f", vs reference {ref_wall / ours[best]:.2f}x"
+                if plain:
+                    line += f" (plain ours vs reference {ref_wall / plain:.2f}x)"
+            if vs_published:
+                line += f"  vs published {published / ours[best]:.2f}x"
+                if plain:
+                    line += f" (plain ours {published / plain:.2f}x)"
+            print(line + f"  goal {GOAL}x  load {load1:.1f}", flush=True)
     return 0
 
 
