@@ -26,9 +26,10 @@ class NotATensor:  # pickled into a file to check that loading never unpickles a
 
 def write_run(tmp_path, fixtures_dir, prefix: str, name: str = "step_1200", global_batch_size: int = 4):
     """A reference-style run folder: step_<N> (bare state dict) and all_config.yaml with an arch section."""
-    resolved = json.loads((fixtures_dir / "config.json").read_text())["resolved_config"]
+    fixture_config = json.loads((fixtures_dir / "config.json").read_text())
+    resolved = fixture_config["resolved_config"]
     arch = {k: v for k, v in resolved.items() if k not in ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")}
-    arch["name"] = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+    arch["name"] = fixture_config["arch_name"]  # the reference's own "<module>@<class>" string
     arch["loss"] = {"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"}
     config = {"arch": arch, "global_batch_size": global_batch_size, "data_paths": ["data/x"], "lr": 1e-4,
               "ema": True, "epochs": 10, "checkpoint_path": "checkpoints/x"}

@@ -29,8 +29,14 @@ from typing import Any
 import yaml
 
 ARCH_NAMES = ("trm",)
-# The reference's arch name strings map to ours.
-ARCH_ALIASES = {"recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1": "trm"}
+# The reference names its architecture "<module>@<class>" (its all_config.yaml `arch.name`); every class of its
+# `recursive_reasoning.trm` module is our `trm`.
+REFERENCE_ARCH_MODULE = "recursive_reasoning.trm@"
+
+
+def arch_alias(name: str) -> str:
+    """Our arch name for a reference `arch.name` value; other names pass through (and are checked later)."""
+    return "trm" if name.startswith(REFERENCE_ARCH_MODULE) else name
 # Reference keys that are accepted and have no effect here (they name reference classes or Hydra settings).
 IGNORED_KEYS = ("arch.loss.name", "hydra.output_subdir", "defaults")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
@@ -62,7 +68,7 @@ class ArchConfig:
     no_ACT_continue: bool = True
 
     def __post_init__(self):
-        self.name = ARCH_ALIASES.get(self.name, self.name)
+        self.name = arch_alias(self.name)
         if self.name not in ARCH_NAMES:
             raise ValueError(f"arch: unknown model {self.name!r}; known: {', '.join(ARCH_NAMES)}")
         if self.loss_type not in LOSS_TYPES:
