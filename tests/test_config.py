@@ -96,3 +96,13 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(["--config", str(path)]) == cfg
+
+
+def test_reference_arch_name_maps_to_ours(fixtures_dir):
+    """The reference's all_config.yaml names its model '<module>@<class>'; that loads as our `trm`."""
+    import json
+
+    name = json.loads((fixtures_dir / "config.json").read_text())["arch_name"]
+    assert load_config([f"arch.name={name}"]).arch.name == "trm"
+    with pytest.raises(ValueError, match="arch"):
+        load_config(["arch.name=some_other_module@Model"])
