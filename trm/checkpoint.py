@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from trm.storage import S3Store, process_alive, publish
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 META = "meta.json"
 COMPLETE = "_COMPLETE"
@@ -62,7 +64,7 @@ class Checkpoints:
 
     # -- listing ----------------------------------------------------------------------------------------------
     def _store(self):
-        return _storage().S3Store.from_env()
+        return S3Store.from_env()
 
     def where(self, step: int) -> str:
         return f"{self.root}/step-{step}"
@@ -133,7 +135,7 @@ class Checkpoints:
             record.update(meta or {})
             _fsync_write(tmp / META, json.dumps(record, indent=1, sort_keys=True).encode())
             if self.remote:
-                _storage().publish(str(tmp), self.where(step))
+                publish(str(tmp), self.where(step))
                 target = self.where(step)
             else:
                 final = Path(self.where(step))
@@ -170,7 +172,7 @@ class Checkpoints:
             for child in Path(self.root).iterdir():
                 # temporaries of dead processes (pid no longer alive) and incomplete step folders
                 match = re.match(r"^\.(tmp|old)-step-\d+-(\d+)$", child.name)
-                if match and not _alive(int(match.group(2))):
+                if match and not process_alive(int(match.group(2))):
                     shutil.rmtree(child, ignore_errors=True)
         return removed
 
@@ -214,17 +216,6 @@ class Checkpoints:
         return out
 
 
-def _storage():
-    """trm.storage (its package exports, else the store module directly)."""
-    import trm.storage as storage
-
-    if hasattr(storage, "S3Store") and hasattr(storage, "publish"):
-        return storage
-    from trm.storage import store
-
-    return store
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -238,13 +229,3 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

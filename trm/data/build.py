@@ -42,6 +42,7 @@ from trm.data.augment import (
 )
 from trm.data.sources import load_subset
 from trm.data.validate import Task
+from trm.storage import process_alive
 
 log = logging.getLogger("trm.data.build")
 
@@ -273,16 +274,6 @@ def build_into(config: BuildConfig, out: Path, pool=None) -> dict:
     return summary
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale(parent: Path, name: str) -> None:
     """Remove temporary folders of earlier builds of this target whose process is gone (e.g. killed)."""
     for path in parent.glob(f".{name}.building-*"):
@@ -290,7 +281,7 @@ def _remove_stale(parent: Path, name: str) -> None:
             pid = int(path.name[len(f".{name}.building-"):].split("-")[0])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not process_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 

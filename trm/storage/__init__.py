@@ -11,10 +11,10 @@
 """
 
 from trm.storage.config import S3Config, trm_home
-from trm.storage.store import COMPLETE, Entry, S3Store, localize, open_store, publish
+from trm.storage.store import COMPLETE, Entry, S3Store, localize, open_store, process_alive, publish
 from trm.storage.uri import basename, is_s3, join, parse_s3, s3_uri
 
 __all__ = [
     "COMPLETE", "Entry", "S3Config", "S3Store", "basename", "is_s3", "join", "localize", "open_store",
-    "parse_s3", "publish", "s3_uri", "trm_home",
+    "parse_s3", "process_alive", "publish", "s3_uri", "trm_home",
 ]

@@ -519,6 +519,19 @@ def _localize_locked(store: S3Store, text: str, target: Path) -> Path:
     return target
 
 
+def process_alive(pid: int) -> bool:
+    """True while process `pid` exists (a temporary folder named after a dead writer may be removed)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def publish(local_dir: str | os.PathLike, dest: str | os.PathLike, store: S3Store | None = None) -> str:
     """Put the finished folder `local_dir` at `dest`, never leaving a half-written folder there.
 
