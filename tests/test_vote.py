@@ -349,21 +349,108 @@ def test_dataset_rows_out_of_test_order_are_not_trusted(fixtures_dir, tmp_path):
     assert [len(v) for v in res.votes["142ca369"]] == [1, 1]
 
 
-@pytest.mark.parametrize("run", ["evaluator_true_labels", "evaluator_half_wrong"])
-def test_threaded_blocks_give_the_same_result(fixtures_dir, monkeypatch, run):
-    torch = pytest.importorskip("torch")
-    import trm.evaluation.vote as vote
+def _dump(res) -> str:
+    """Everything a result holds, as one string (byte-identical results give equal strings)."""
+    votes = {t: [[(c.grid.tolist(), c.count, c.mean_q.hex(), c.correct) for c in v] for v in vs]
+             for t, vs in res.votes.items()}
+    return json.dumps([res.metrics, res.submission, votes, res.passed, res.fallback, res.num_candidates])
 
+
+@pytest.mark.parametrize("run", ["evaluator_true_labels", "evaluator_half_wrong"])
+def test_helper_process_gives_the_same_result(fixtures_dir, run):
+    """workers=2 (a forked helper votes half of the tasks) gives byte for byte what workers=1 gives."""
+    torch = pytest.importorskip("torch")
     fed = {k: v.numpy() for k, v in torch.load(fixtures_dir / run / "fed_predictions.pt").items()}
     args = [fed[k] for k in ("puzzle_identifiers", "inputs", "preds", "q_halt_logits")]
-    one = Voter.from_dataset(fixtures_dir / "tiny_dataset", workers=1)
-    one.add(*args)
-    monkeypatch.setattr(vote, "CHUNK", 4)  # 6 blocks, 2 threads
-    two = Voter.from_dataset(fixtures_dir / "tiny_dataset", workers=2)
-    two.add(*args)
-    a, b = one.result(), two.result()
-    assert a.submission == b.submission and a.metrics == b.metrics
-    assert json.dumps(b.submission) == (fixtures_dir / run / "submission.json").read_text()
+    results = []
+    for workers in (1, 2):
+        voter = Voter.from_dataset(fixtures_dir / "tiny_dataset", workers=workers)
+        for a in range(0, len(args[0]), 5):  # several add() calls
+            voter.add(*[x[a:a + 5] for x in args])
+        results.append(voter.result())
+    assert _dump(results[0]) == _dump(results[1])
+    assert json.dumps(results[1].submission) == (fixtures_dir / run / "submission.json").read_text()
+
+
+def _random_case(seed: int):
+    """Random tasks (some with identical test inputs), variants and predictions that agree and scatter."""
+    rng = np.random.default_rng(seed)
+    puzzles, names, rows = {}, ["<blank>"], []
+    for t in range(9):
+        x = rng.integers(0, 10, size=tuple(rng.integers(1, 8, size=2))).tolist()
+        tests = [{"input": x, "output": rng.integers(0, 10, size=(2, 3)).tolist()} for _ in range(2)]
+        if t % 3:  # distinct inputs
+            tests[1]["input"] = rng.integers(0, 10, size=(3, 3)).tolist()
+        puzzles[f"task{t}"] = {"train": [], "test": tests}
+    for t, (name, puzzle) in enumerate(puzzles.items()):
+        for v in range(12):
+            tid, mapping = int(rng.integers(0, 8)), np.r_[0, rng.permutation(np.arange(1, 10))]
+            names.append(name_of(name, tid, mapping) if v else name)
+            if not v:
+                tid, mapping = 0, np.arange(10)
+            for test in puzzle["test"]:
+                guess = np.array(test["output"])
+                roll = rng.random()
+                if roll < 0.3:
+                    guess = rng.integers(0, 10, size=(2, 3))
+                elif roll < 0.4:
+                    guess = rng.integers(0, 10, size=tuple(rng.integers(1, 6, size=2)))
+                pred = tokens(augment(guess, tid, mapping))
+                if roll > 0.95:
+                    pred[:] = 0  # an empty crop
+                rows.append((len(names) - 1, tokens(augment(test["input"], tid, mapping)), pred))
+    order = rng.permutation(len(rows))  # any feeding order
+    rows = [rows[i] for i in order]
+    q = rng.normal(size=len(rows)).round(1)  # repeated q values: ties on the mean
+    return puzzles, names, rows, q
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_helper_process_gives_the_same_result_on_random_data(monkeypatch, seed):
+    import trm.evaluation.vote as vote
+
+    puzzles, names, rows, q = _random_case(seed)
+    dumps = []
+    for workers, chunk in ((1, 768), (2, 768), (2, 16)):
+        monkeypatch.setattr(vote, "CHUNK", chunk)
+        voter = Voter(puzzles, names, workers=workers)
+        for a in range(0, len(rows), 40):
+            feed(voter, rows[a:a + 40], q[a:a + 40])
+        dumps.append(_dump(voter.result()))
+    assert dumps[0] == dumps[1] == dumps[2]
+
+
+def test_helper_failure_is_voted_here(monkeypatch):
+    """A helper that dies without an answer: its tasks are voted in this process, same result; and where fork
+    is unavailable workers=2 votes in this process."""
+    import trm.evaluation.vote as vote
+
+    puzzles, names, rows, q = _random_case(3)
+
+    def run(workers):
+        voter = Voter(puzzles, names, workers=workers)
+        feed(voter, rows, q)
+        return _dump(voter.result())
+
+    expected = run(1)
+    monkeypatch.setattr(vote.Voter, "_child", lambda self, run, part, send, shared: send.close())
+    assert run(2) == expected
+    monkeypatch.setattr(vote, "_FORK", None)
+    assert run(2) == expected
+
+
+def test_pooling_with_helper_processes(monkeypatch):
+    """absorb() of voters that kept rows for a helper pools every prediction."""
+    puzzles, names, rows, q = _random_case(4)
+    half = len(rows) // 2
+    dumps = []
+    for workers in (1, 2):
+        a, b = (Voter(puzzles, names, prefix="ARC_pooled", workers=workers) for _ in range(2))
+        feed(a, rows[:half], q[:half])
+        feed(b, rows[half:], q[half:])
+        a.absorb(b)
+        dumps.append(_dump(a.result()))
+    assert dumps[0] == dumps[1]
 
 
 def test_prepared_rows_are_compared_with_what_is_fed():
