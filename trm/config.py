@@ -22,11 +22,14 @@ import dataclasses
 import difflib
 import os
 import typing
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from trm.model.config import ModelConfig
 
 ARCH_NAMES = ("trm",)
 # The reference names its architecture "<module>@<class>" (its all_config.yaml `arch.name`); every class of its
@@ -40,7 +43,6 @@ def arch_alias(name: str) -> str:
 # Reference keys that are accepted and have no effect here (they name reference classes or Hydra settings).
 IGNORED_KEYS = ("arch.loss.name", "hydra.output_subdir", "defaults")
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -73,25 +75,15 @@ class ArchConfig:
             raise ValueError(f"arch: unknown model {self.name!r}; known: {', '.join(ARCH_NAMES)}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"arch.loss.loss_type: {self.loss_type!r} is not one of {LOSS_TYPES}")
-        for key in ("hidden_size", "num_heads", "L_layers", "H_cycles", "L_cycles", "halt_max_steps"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"arch.{key} must be >= 1, got {getattr(self, key)}")
-        if self.hidden_size % self.num_heads:
+        if isinstance(self.num_heads, int) and self.num_heads >= 1 and self.hidden_size % self.num_heads:
             raise ValueError(f"arch.hidden_size ({self.hidden_size}) must be a multiple of arch.num_heads ({self.num_heads})")
-        if self.expansion <= 0:
-            raise ValueError(f"arch.expansion must be > 0, got {self.expansion}")
-        if self.H_layers < 0 or self.puzzle_emb_len < 0:
-            raise ValueError("arch.H_layers and arch.puzzle_emb_len must be >= 0")
-        if not 0.0 <= self.halt_exploration_prob <= 1.0:
-            raise ValueError(f"arch.halt_exploration_prob must lie in [0, 1], got {self.halt_exploration_prob}")
-        if self.puzzle_emb_ndim is None:
-            self.puzzle_emb_ndim = self.hidden_size
-        if self.puzzle_emb_ndim < 0:
-            raise ValueError(f"arch.puzzle_emb_ndim must be >= 0, got {self.puzzle_emb_ndim}")
-        if self.pos_encodings not in ("rope", "learned"):
-            raise ValueError(f"arch.pos_encodings must be 'rope' or 'learned', got {self.pos_encodings!r}")
-        if self.forward_dtype not in DTYPES:
-            raise ValueError(f"arch.forward_dtype must be one of {DTYPES}, got {self.forward_dtype!r}")
+        # The model's own config checks every hyper-parameter; its messages are renamed to the arch.* keys.
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        try:
+            model = ModelConfig(**{k: v for k, v in vars(self).items() if k in fields})
+        except ValueError as err:
+            raise ValueError(str(err).replace("ModelConfig.", "arch.").replace("ModelConfig:", "arch:")) from None
+        self.puzzle_emb_ndim = model.puzzle_emb_ndim
 
 
 @dataclass
