@@ -147,7 +147,10 @@ class Runner:
     def step(self, mode: str) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        getattr(self, f"{mode}_step")()
+        # the reference makes its carry with torch.empty on the default device (its trainer wraps the call in
+        # `with torch.device("cuda")`); ours follows the batch, so the context changes nothing for it
+        with torch.device(self.batch["inputs"].device):
+            getattr(self, f"{mode}_step")()
 
     def train_step(self) -> None:
         self.model.train()

@@ -18,10 +18,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     MAX_JOBS=${MAX_JOBS} \
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}
 
-# Build tools for the CUDA extensions; --no-build-isolation makes them compile against the installed torch.
-RUN pip install "ninja==1.11.1.4" "packaging==24.2" "wheel==0.45.1" "setuptools==75.8.0" "psutil==6.1.1"
-RUN pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"
-RUN pip install --no-build-isolation "adam-atan2==${ADAM_ATAN2_VERSION}"
+# Build tools for the CUDA extensions; --no-build-isolation makes them compile against the installed torch
+# (with isolation adam-atan2's setup.py finds no torch and installs without its kernel). adam-atan2 also needs
+# setuptools-scm at build time. Each kernel is imported after its build (torch first: it loads libc10).
+RUN pip install "ninja==1.11.1.4" "packaging==24.2" "wheel==0.45.1" "setuptools==75.8.0" "psutil==6.1.1" \
+        "setuptools-scm==8.1.0"
+RUN pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}" \
+    && python -c "import torch, flash_attn"
+RUN pip install --no-build-isolation "adam-atan2==${ADAM_ATAN2_VERSION}" \
+    && python -c "import torch, adam_atan2_backend"
 
 WORKDIR /opt/trm-pipeline
 COPY pyproject.toml README.md ./

@@ -171,6 +171,7 @@ def test_train_points_at_final_checkpoint(s3_env, trained):
     assert exists(model.metadata["uri"] + "/meta.json")
     assert read_json(model.metadata["uri"] + "/meta.json")["step"] == model.metadata["step"]
     assert "train/lm_loss" in metrics.metadata, sorted(metrics.metadata)
+    assert "time" not in metrics.metadata and "step" in metrics.metadata  # the log's clock is no metric
 
 
 def test_launch_config_for_the_pytorchjob(monkeypatch, shared_dir):

@@ -106,3 +106,12 @@ def test_reference_arch_name_maps_to_ours(fixtures_dir):
     assert load_config([f"arch.name={name}"]).arch.name == "trm"
     with pytest.raises(ValueError, match="arch"):
         load_config(["arch.name=some_other_module@Model"])
+
+
+def test_compile_is_auto_by_default():
+    """compile=null (default) means: torch.compile on CUDA, eager on CPU; True/False force it; others fail."""
+    assert load_config(["--preset", "arc2-seed"]).compile is None
+    assert load_config(["compile=True"]).compile is True
+    assert load_config(["compile=False"]).compile is False
+    with pytest.raises(ValueError, match="compile"):
+        load_config(["compile=maybe"])

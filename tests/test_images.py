@@ -113,9 +113,11 @@ def test_pip_installs_pin_exact_versions(image):
 def test_trainer_builds_cuda_kernels_against_the_base_torch():
     path = IMAGES["trainer"]
     runs = [_expand(rest, _args(path)) for word, rest in _instructions(path) if word == "RUN"]
-    for package in ("flash-attn==", "adam-atan2=="):
+    for package, module in (("flash-attn==", "flash_attn"), ("adam-atan2==", "adam_atan2_backend")):
         (line,) = [r for r in runs if package in r]
         assert "--no-build-isolation" in line, package
+        assert f"import torch, {module}" in line, f"{package}: the build must be checked by importing {module}"
+    assert any("setuptools-scm==" in r for r in runs), "adam-atan2's setup.py needs setuptools-scm to build"
     text = path.read_text()
     assert "MAX_JOBS" in text and "TORCH_CUDA_ARCH_LIST" in text
     assert re.search(r"FROM pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-devel", text)

@@ -127,7 +127,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (tests, benches)
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch CPU threads per process
-    compile: bool = False  # torch.compile the model
+    compile: bool | None = None  # torch.compile the model; null (the default): on CUDA, off on CPU
     wandb: str = "auto"  # auto (when installed; offline without WANDB_API_KEY) | on | off
     progress: bool = True  # tqdm bar on rank 0
     resume: bool = True  # continue from the newest complete checkpoint in checkpoint_path

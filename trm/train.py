@@ -12,7 +12,7 @@
     trm train preset=cpu-tiny data_paths=[data/tiny] run_dir=runs/tiny wandb=off
 
 Config keys: see trm/config.py and docs/training.md. Run folder (`run_dir`, default runs/<run_name>):
-`metrics.jsonl` (one JSON object per step, with "step"), `checkpoints/step-N/` (unless checkpoint_path is
+`metrics.jsonl` (one JSON object per step, with "step" and unix "time"), `checkpoints/step-N/` (unless checkpoint_path is
 set), `eval/step-N/` (metrics.json, submission.json). A run started again with the same command resumes from
 the newest complete checkpoint (`resume=False` starts over) and continues exactly as if never stopped.
 """
@@ -177,7 +177,7 @@ class MetricLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        record = {"step": step, "time": round(time.time(), 3), **{k: float(v) for k, v in metrics.items()}}
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
         if self.wandb is not None:
@@ -261,7 +261,10 @@ class Trainer:
             with torch.no_grad():
                 for t in list(model.parameters()) + list(model.buffers()):
                     dist.broadcast(t, src=0)
-        self.forward = torch.compile(model) if cfg.compile else model
+        # compiled by default on CUDA (as the reference's trainer does); on CPU it gave no gain (docs/model.md)
+        use_compile = cfg.compile if cfg.compile is not None else env.device.type == "cuda"
+        self.forward = torch.compile(model) if use_compile else model
+        self.compiled = use_compile
         torch.manual_seed(cfg.seed + env.rank)
 
         puzzle_emb = model.model.puzzle_emb
@@ -554,7 +557,8 @@ class Trainer:
             n_params = sum(p.numel() for p in self.model.parameters())
             where = f"resumed from step {resumed}" if resumed is not None else "from scratch"
             print(f"[trm.train] {where}: {n_params} parameters, {self.total_steps} steps, world {env.world_size}, "
-                  f"device {env.device}, {self.accum} micro-batch(es) of {self.micro} per rank", file=sys.stderr)
+                  f"device {env.device}, {self.accum} micro-batch(es) of {self.micro} per rank"
+                  f"{', torch.compile' if self.compiled else ''}", file=sys.stderr)
         model_training = self.model.train
         model_training()
         start = self.position

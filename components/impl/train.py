@@ -24,7 +24,7 @@ def final_checkpoint(root: str) -> tuple[str, int]:
 
 
 def last_metrics(root: str) -> dict[str, float]:
-    """The last value of every numeric key in `<root>/metrics.jsonl` (empty when the file is absent)."""
+    """The last value of every numeric key but "time" in `<root>/metrics.jsonl` (empty when the file is absent)."""
     import json
 
     from components import runtime
@@ -37,7 +37,7 @@ def last_metrics(root: str) -> dict[str, float]:
         if not line.strip():
             continue
         for key, value in json.loads(line).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key != "time" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[key] = float(value)
     return out
 
