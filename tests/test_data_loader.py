@@ -76,6 +76,33 @@ def test_test_loader_order_padding_and_ranks(tiny):
     assert not rows[n:].any() and np.all(labels[n:] == -100) and not idents[n:].any()  # padding
 
 
+@pytest.mark.parametrize("max_aug", [0, 1, 2, 100, None])
+def test_test_loader_max_augmentations(tiny, max_aug):
+    """The original + first max_aug puzzles of each group, in file order, on every rank; None or a large N: all."""
+    data = _arrays(tiny, "test")
+    pidx, gidx = data["puzzle_indices"], data["group_indices"]
+    keep = []  # expected example rows, built puzzle by puzzle
+    for g in range(gidx.size - 1):
+        for rank, puzzle in enumerate(range(gidx[g], gidx[g + 1])):
+            if max_aug is None or rank <= max_aug:
+                keep.extend(range(pidx[puzzle], pidx[puzzle + 1]))
+    world, B = 2, 4
+    got = []
+    for step_batches in zip(*(TestLoader([tiny], B, rank=r, world_size=world, max_augmentations=max_aug)
+                              for r in range(world))):
+        n_valid = step_batches[0][2]
+        rows = np.concatenate([b["inputs"].numpy() for _, b, _ in step_batches])
+        got.append(rows[:n_valid])
+    assert np.array_equal(np.concatenate(got), data["inputs"][keep])
+    if max_aug == 0:
+        assert len(keep) < data["inputs"].shape[0]  # the fixture has augmented puzzles to drop
+
+
+def test_test_loader_rejects_negative_max_augmentations(tiny):
+    with pytest.raises(ValueError, match="max_augmentations"):
+        TestLoader([tiny], 4, max_augmentations=-1)
+
+
 def _epoch(loader: TrainLoader, epoch: int) -> list[dict]:
     out = []
     for position, batch in loader.iterate(start=Position(epoch, 0)):

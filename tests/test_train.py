@@ -155,3 +155,22 @@ def test_run_folder_and_checkpoints_on_s3(tiny, request, tmp_path):
     lines = [json.loads(x) for x in store.read_bytes(f"{root}/metrics.jsonl").decode().splitlines()]
     assert sorted({r["step"] for r in lines}) == [1, 2, 3, 4]
     assert [r["step"] for r in lines if "train/lm_loss" in r] == [1, 2, 3, 4]
+
+
+def test_eval_max_augmentations_limits_periodic_evaluation(tiny, tmp_path):
+    """eval_max_augmentations=0: the periodic evaluation runs only the original puzzle of each group."""
+    import numpy as np
+
+    run = tmp_path / "run"
+    _run([*BASE, f"data_paths=[{tiny}]", f"run_dir={run}", "epochs=1", "eval_interval=1", "evaluators=[arc]",
+          "eval_max_augmentations=0", "eval_save_outputs=[preds]", "run_name=maxaug"])
+    (folder,) = (run / "eval").iterdir()
+    got = np.load(folder / "outputs.npz")["puzzle_identifiers"]
+    got = got[got != 0]  # padding rows of the last batch carry the blank identifier
+    test = Path(tiny) / "test"
+    pids = np.load(test / "all__puzzle_identifiers.npy")
+    pidx, gidx = np.load(test / "all__puzzle_indices.npy"), np.load(test / "all__group_indices.npy")
+    originals = pids[gidx[:-1]]  # the first puzzle of each group
+    want = np.repeat(originals, np.diff(pidx)[gidx[:-1]])
+    assert got.tolist() == want.tolist()
+    assert want.size < pidx[-1]  # fewer rows than the whole test split

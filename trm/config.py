@@ -120,6 +120,7 @@ class TrainConfig:
     eval_save_outputs: list[str] = field(default_factory=list)
     # ours
     run_dir: str | None = None  # metrics.jsonl, eval/step-N/; default runs/<run_name>; local or s3://
+    eval_max_augmentations: int | None = None  # evaluate the original + first N variants per group (Trelis fork)
     checkpoint_every_n_steps: int | None = None  # also checkpoint every N optimiser steps
     keep_last: int = 3  # step checkpoints kept besides the evaluated ones
     max_examples_per_puzzle: int | None = None  # Trelis: cap examples taken from one puzzle per epoch
@@ -154,6 +155,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be >= 1 or null, got {value}")
+        if self.eval_max_augmentations is not None and self.eval_max_augmentations < 0:
+            raise ValueError(f"eval_max_augmentations must be >= 0 or null, got {self.eval_max_augmentations}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.wandb not in ("auto", "on", "off"):

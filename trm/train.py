@@ -235,7 +235,7 @@ class Trainer:
         self.metadata = meta
         test_paths = cfg.data_paths_test or cfg.data_paths
         self.test_paths = test_paths
-        self.test_loader_args = (test_paths, cfg.global_batch_size, env.rank, world)
+        self.test_loader_args = (test_paths, cfg.global_batch_size, env.rank, world, "test", cfg.eval_max_augmentations)
         self._TestLoader = TestLoader
         # the schedule spans the reference's estimate of the run; max_steps only stops early
         self.schedule_steps = int(cfg.epochs * meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size)

@@ -175,6 +175,20 @@ class _Split:
         return int(self.inputs.shape[0])
 
 
+def augmentation_rows(puzzle_indices: np.ndarray, group_indices: np.ndarray,
+                      max_augmentations: int | None) -> np.ndarray:
+    """Example rows in file order: all (None), or those of the first 1 + max_augmentations puzzles of each group
+    (the original comes first), as the Trelis fork's eval_max_augmentations."""
+    puzzle_indices, group_indices = np.asarray(puzzle_indices, np.int64), np.asarray(group_indices, np.int64)
+    if max_augmentations is None:
+        return np.arange(puzzle_indices[-1])
+    if isinstance(max_augmentations, bool) or max_augmentations < 0:
+        raise ValueError(f"max_augmentations must be an integer >= 0 or None, got {max_augmentations!r}")
+    puzzles = puzzle_indices.size - 1
+    rank_in_group = np.arange(puzzles) - np.repeat(group_indices[:-1], np.diff(group_indices))
+    return np.flatnonzero(np.repeat(rank_in_group <= max_augmentations, np.diff(puzzle_indices)))
+
+
 def _batch(inputs: np.ndarray, labels: np.ndarray, identifiers: np.ndarray, ignore: int | None) -> dict:
     labels = labels.astype(np.int32)
     if ignore is not None:
@@ -343,7 +357,8 @@ class TestLoader:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, paths, global_batch_size: int, rank: int = 0, world_size: int = 1, split: str = "test"):
+    def __init__(self, paths, global_batch_size: int, rank: int = 0, world_size: int = 1, split: str = "test",
+                 max_augmentations: int | None = None):
         self.paths = _paths(paths)
         self.local_batch_size = _check_batch(global_batch_size, rank, world_size)
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
@@ -352,16 +367,18 @@ class TestLoader:
         self.set_names = [SET_NAME if i == 0 else f"{SET_NAME}{i}" for i in range(len(self.parts))]
         # identifier of every example, per part
         self._example_ids = [np.repeat(p.identifiers, np.diff(p.puzzle_indices)) for p in self.parts]
+        # the examples evaluated, per part (all, or the original + first max_augmentations variants of each group)
+        self._rows = [augmentation_rows(p.puzzle_indices, p.group_indices, max_augmentations) for p in self.parts]
 
     def __len__(self) -> int:
         B = self.global_batch_size
-        return sum((p.num_examples + B - 1) // B for p in self.parts)
+        return sum((rows.size + B - 1) // B for rows in self._rows)
 
     def __iter__(self) -> Iterator[tuple[str, dict, int]]:
         B, b = self.global_batch_size, self.local_batch_size
         meta = self.metadata
-        for name, part, ids in zip(self.set_names, self.parts, self._example_ids):
-            n = part.num_examples
+        for name, part, ids, rows in zip(self.set_names, self.parts, self._example_ids, self._rows):
+            n = rows.size
             for start in range(0, n, B):
                 end = min(n, start + B)
                 lo = min(end, start + self.rank * b)
@@ -369,9 +386,10 @@ class TestLoader:
                 inputs = np.full((b, meta.seq_len), meta.pad_id, dtype=np.uint8)
                 labels = np.full((b, meta.seq_len), meta.pad_id, dtype=np.uint8)
                 idents = np.full(b, meta.blank_identifier_id, dtype=np.int64)
-                inputs[: hi - lo] = part.inputs[lo:hi]
-                labels[: hi - lo] = part.labels[lo:hi]
-                idents[: hi - lo] = ids[lo:hi]
+                take = rows[lo:hi]
+                inputs[: hi - lo] = part.inputs[take]
+                labels[: hi - lo] = part.labels[take]
+                idents[: hi - lo] = ids[take]
                 batch = _batch(inputs, labels, idents, meta.ignore_label_id)
                 batch["labels"][hi - lo:] = IGNORE_LABEL
                 yield name, batch, end - start

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trm.data.loader import augmentation_rows
 from trm.evaluation.vote import SEQ_LEN, Voter, load_dataset_files, save_outputs, write_results
 
 IGNORE_LABEL = -100
@@ -66,15 +67,9 @@ class TestSplit:
         sizes = np.diff(pidx)
         self.example_ids = np.repeat(pids, sizes)
         self.positions = np.arange(n) - np.repeat(pidx[:-1], sizes)  # index within its puzzle
-        if max_augmentations is None:
-            self.selected = np.arange(n)
-        else:
-            if max_augmentations < 0:
-                raise ValueError(f"--max-augmentations must be >= 0, got {max_augmentations}")
-            # puzzles kept: the first 1 + N of each group (the original comes first)
-            rank_in_group = np.arange(pids.size) - np.repeat(gidx[:-1], np.diff(gidx))
-            keep_puzzle = rank_in_group <= max_augmentations
-            self.selected = np.flatnonzero(np.repeat(keep_puzzle, sizes))
+        if max_augmentations is not None and max_augmentations < 0:
+            raise ValueError(f"--max-augmentations must be >= 0, got {max_augmentations}")
+        self.selected = augmentation_rows(pidx, gidx, max_augmentations)
         self.pad_id = int(self.meta.get("pad_id", 0))
         self.ignore_label_id = self.meta.get("ignore_label_id", 0)
 
