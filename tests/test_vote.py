@@ -420,6 +420,29 @@ def test_helper_process_gives_the_same_result_on_random_data(monkeypatch, seed):
     assert dumps[0] == dumps[1] == dumps[2]
 
 
+def test_kept_rows_are_copied_unless_handed_over():
+    """workers=2 keeps rows until result(): by default add() copies them, so a caller that reuses its buffers
+    still gets what workers=1 gives; copy=False (arrays handed over, left unchanged) gives the same too."""
+    puzzles, names, rows, q = _random_case(0)
+    ids = np.array([r[0] for r in rows], dtype=np.int32)
+    inp = np.stack([r[1] if np.asarray(r[1]).ndim == 1 else tokens(r[1]) for r in rows])
+    pred = np.stack([r[2] if np.asarray(r[2]).ndim == 1 else tokens(r[2]) for r in rows])
+    qs = np.asarray(q, np.float32)
+    dumps = []
+    for workers, copy in ((1, True), (2, True), (2, False)):
+        voter = Voter(puzzles, names, workers=workers)
+        buf_in, buf_pred = np.empty((40, inp.shape[1]), np.uint8), np.empty((40, pred.shape[1]), np.uint8)
+        for a in range(0, len(rows), 40):
+            k = min(40, len(rows) - a)
+            if copy:  # one reused buffer, overwritten after each add()
+                buf_in[:k], buf_pred[:k] = inp[a:a + k], pred[a:a + k]
+                voter.add(ids[a:a + k], buf_in[:k], buf_pred[:k], qs[a:a + k])
+            else:
+                voter.add(ids[a:a + k], inp[a:a + k], pred[a:a + k], qs[a:a + k], copy=False)
+        dumps.append(_dump(voter.result()))
+    assert dumps[0] == dumps[1] == dumps[2]
+
+
 def test_helper_failure_is_voted_here(monkeypatch):
     """A helper that dies without an answer: its tasks are voted in this process, same result; and where fork
     is unavailable workers=2 votes in this process."""

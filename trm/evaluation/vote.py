@@ -581,11 +581,13 @@ class Voter:
 
     # -- public API
 
-    def add(self, puzzle_identifiers, inputs, preds, q_halt_logits, positions=None) -> None:
+    def add(self, puzzle_identifiers, inputs, preds, q_halt_logits, positions=None, copy: bool = True) -> None:
         """Add one batch: identifiers [b], inputs/preds [b, 900] raw tokens, q_halt_logits [b].
 
         `positions` (optional, [b]): each example's index within its puzzle in the test split; without it,
         identical test inputs are told apart by feeding order (see the module docstring).
+        `copy=False`: the caller hands the token arrays over and leaves them unchanged until result(); with
+        workers > 1 (rows are kept until result()) that saves a copy of every row.
         """
         ids = np.asarray(puzzle_identifiers).reshape(-1).astype(np.int64)
         inputs = np.asarray(inputs)
@@ -611,7 +613,7 @@ class Voter:
             positions = None if positions is None else positions[keep]
         if self.workers > 1 and _FORK is not None:
             if ids.size:  # kept for result(): own copies, checked now
-                self._pending.append((ids, _owned(inputs, "inputs"), _owned(preds, "preds"), q.copy(),
+                self._pending.append((ids, _owned(inputs, "inputs", copy), _owned(preds, "preds", copy), q.copy(),
                                       None if positions is None else positions.copy()))
             return
         self._add_rows(ids, inputs, preds, q, positions)
@@ -945,10 +947,11 @@ CHUNK = 768  # rows processed at once: keeps the temporaries in cache (larger bl
 _FORK = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
 
-def _owned(arr: np.ndarray, what: str) -> np.ndarray:
-    """_tokens, as an array no caller holds (add() may keep it until result())."""
+def _owned(arr: np.ndarray, what: str, copy: bool = True) -> np.ndarray:
+    """_tokens, as an array no caller changes (add() may keep it until result()): a copy unless `copy` is False
+    (the caller hands it over) or the conversion already made one."""
     out = _tokens(arr, what)
-    return out.copy() if np.may_share_memory(out, arr) else out
+    return out.copy() if copy and np.may_share_memory(out, arr) else out
 
 
 def _tokens(arr: np.ndarray, what: str) -> np.ndarray:
@@ -1067,7 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
     test_puzzles = voter.test_puzzles
     for path in args.outputs:
         out = load_outputs(localize_path(path))
-        voter.add(out["puzzle_identifiers"], out["inputs"], out["preds"], out["q_halt_logits"])
+        voter.add(out["puzzle_identifiers"], out["inputs"], out["preds"], out["q_halt_logits"], copy=False)  # ours
     result = voter.result()
     if is_remote(args.output_dir):
         with tempfile.TemporaryDirectory() as tmp:
