@@ -5,6 +5,7 @@ training tasks (flips, rotations, colour swaps; num_aug 8) within 9 minutes on 2
     .venv/bin/python bench/bench_learn.py --arc-dir ../shared/arc-agi --minutes 9 --target 0.33
     .venv/bin/python bench/bench_learn.py --extra lr=5e-3 --extra arch.halt_max_steps=2   # try other settings
     .venv/bin/python bench/bench_learn.py --full            # keep training after the target: the whole 9-minute curve
+    .venv/bin/python bench/bench_learn.py --tasks 6150a2bd,9dfd6313,b1948b0a,c8f0f002,d511f180,25ff71a9  # other tasks
 
 Baseline (TRM-SPEC / issue 3): the reference, on this machine with hidden 64, 1 layer, H_cycles 1, L_cycles 2,
 halt_max_steps 2, batch 32, lr 3e-3, reaches ~0.33 after 18 minutes (token accuracy ~0.8). The goal is at most
@@ -36,17 +37,17 @@ TASKS = {
 REFERENCE_MINUTES = 18.0
 
 
-def make_dataset(arc_dir: Path, out: Path) -> Path:
+def make_dataset(arc_dir: Path, out: Path, tasks: dict[str, str] = TASKS) -> Path:
     from trm.data.build import BuildConfig, build_dataset
 
     src = out / "src"
     src.mkdir(parents=True)
     for kind in ("challenges", "solutions"):
         data = json.loads((arc_dir / f"arc-agi_training_{kind}.json").read_text())
-        missing = [t for t in TASKS if t not in data]
+        missing = [t for t in tasks if t not in data]
         if missing:
             raise FileNotFoundError(f"{arc_dir}/arc-agi_training_{kind}.json lacks tasks {missing}")
-        (src / f"arc-agi_training_{kind}.json").write_text(json.dumps({t: data[t] for t in TASKS}))
+        (src / f"arc-agi_training_{kind}.json").write_text(json.dumps({t: data[t] for t in tasks}))
     target = out / "data"
     build_dataset(BuildConfig(input_file_prefix=str(src / "arc-agi"), output_dir=str(target), subsets=["training"],
                               test_set_name=["training"], num_aug=8))
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=20, help="steps averaged for the exact accuracy")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--extra", action="append", default=[], help="more key=value for trm.train")
+    parser.add_argument("--tasks", default=None,
+                        help="comma-separated ARC-AGI-1 training task ids instead of the six default ones")
     parser.add_argument("--full", action="store_true",
                         help="train for all of --minutes (print the whole curve) instead of stopping at the target")
     args = parser.parse_args(argv)
@@ -69,12 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (arc_dir / "arc-agi_training_challenges.json").is_file():
         print(f"ARC-AGI-1 training tasks not found in {arc_dir}", file=sys.stderr)
         return 2
+    tasks = {t.strip(): "given" for t in args.tasks.split(",") if t.strip()} if args.tasks else TASKS
     load = os.getloadavg()
-    print(f"tasks: {', '.join(f'{t} ({k})' for t, k in TASKS.items())}")
+    print(f"tasks: {', '.join(f'{t} ({k})' for t, k in tasks.items())}")
     print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="trm-bench-learn-") as tmp:
         tmp = Path(tmp)
-        data = make_dataset(arc_dir, tmp)
+        try:
+            data = make_dataset(arc_dir, tmp, tasks)
+        except FileNotFoundError as err:
+            print(err, file=sys.stderr)
+            return 2
         meta = json.loads((data / "train" / "dataset.json").read_text())
         print(f"dataset: {meta.get('total_puzzles')} puzzles, {meta.get('total_groups')} groups, "
               f"{meta.get('mean_puzzle_examples', 0):.2f} examples per puzzle")
