@@ -197,12 +197,13 @@ class Attention(nn.Module):
             raise ValueError("Attention: RoPE tables must be given exactly when the module was built with rope=True")
         w = self.qkv_weight(x.dtype)
         qkv = F.linear(x, w).view(b, s, 3 * h, self.head_dim).transpose(1, 2)  # [B, 3H, S, Dh] view
+        # split, not slicing: the backward of a split is one concatenation, while each slice would zero-fill a
+        # full-size gradient and add them up
+        qk, v = qkv.split((2 * h, h), dim=1)
         if rope is not None:
-            qk = apply_rope(qkv[:, : 2 * h], *rope)  # contiguous [B, 2H, S, Dh]
-            q, k = qk[:, :h], qk[:, h:]
-        else:
-            q, k = qkv[:, :h], qkv[:, h: 2 * h]
-        v = qkv[:, 2 * h:].contiguous()
+            qk = apply_rope(qk, *rope)  # contiguous [B, 2H, S, Dh]
+        q, k = qk.split(h, dim=1)
+        v = v.contiguous()
         if flash_available(q):
             out = _flash_attn(*(t.transpose(1, 2).contiguous() for t in (q, k, v)), causal=False)
             if isinstance(out, tuple):  # some flash-attn versions also return the log-sum-exp
