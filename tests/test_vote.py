@@ -456,7 +456,7 @@ def test_helper_failure_is_voted_here(monkeypatch):
         return _dump(voter.result())
 
     expected = run(1)
-    monkeypatch.setattr(vote.Voter, "_child", lambda self, run, part, send, shared: send.close())
+    monkeypatch.setattr(vote.Voter, "_child", lambda self, run, part, send: send.close())
     assert run(2) == expected
     monkeypatch.setattr(vote, "_FORK", None)
     assert run(2) == expected

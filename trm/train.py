@@ -500,7 +500,7 @@ class Trainer:
             return {}
         voter = Voter.from_dataset(self.test_paths[0])
         for o in ordered:
-            voter.add(o["puzzle_identifiers"], o["inputs"], o["preds"], o["q_halt_logits"])
+            voter.add(o["puzzle_identifiers"], o["inputs"], o["preds"], o["q_halt_logits"], copy=False)  # unchanged
         vote = voter.result()
         try:
             from trm.evaluation.vote import load_dataset_files, write_results

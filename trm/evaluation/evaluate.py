@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = split.example_ids[rows]
     inputs = np.asarray(split.inputs[rows], dtype=np.uint8)
     voter = Voter.from_dataset(data)
-    voter.add(ids, inputs, preds, q, positions=split.positions[rows])
+    voter.add(ids, inputs, preds, q, positions=split.positions[rows], copy=False)  # arrays of this function
     result = voter.result()
     test_puzzles, _ = load_dataset_files(data)
     run = {**info, "data": args.data, "examples": int(rows.size), "test_examples": int(split.inputs.shape[0]),

@@ -30,7 +30,10 @@ Rules (see docs/evaluation.md):
   look-up through `bytes.translate` (25 rows per 256-byte table), one dihedral transform per transform id
   (re-anchored by a per-row window where needed), 64-bit hashes as uint64 matrix products; inputs of rows
   prepare()d from the test split are compared with those rows byte for byte instead of hashed. Python loops
-  run per block, per transform id, per distinct grid shown and per test input, never per prediction.
+  run per block, per transform id, per distinct grid shown and per test input, never per prediction. A vote
+  keeps its slot, two hashes, sigmoid(q) and the number of its row; the predictions themselves are held (a uint8
+  copy, 900 bytes per row, unless add(copy=False) hands them over) so that result() rebuilds only the grids it
+  shows (keep_votes per test input, and tied ones).
   `Voter(workers=2)` (`trm vote`'s default on 2 cores) keeps copies of the rows and votes half of the tasks in
   a forked process at result() time: the results are byte for byte those of one process.
 - fallback: a test input with no usable prediction gets its own test input as both attempts, and is counted
@@ -45,7 +48,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import mmap
 import multiprocessing
 import os
 import sys
@@ -225,18 +227,6 @@ def _distinct(values: np.ndarray, size: int) -> np.ndarray:
     return np.flatnonzero(np.bincount(values, minlength=size))
 
 
-def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Index of the first occurrence of each distinct (a[i], b[i]) pair (uint64 keys), in no particular order."""
-    order = np.argsort(a, kind="stable")
-    sa, sb = a[order], b[order]
-    new = np.r_[True, sa[1:] != sa[:-1]]
-    if not (new[1:] | (sb[1:] == sb[:-1])).all():  # equal a with different b: order by both
-        order = np.lexsort((b, a))
-        sa, sb = a[order], b[order]
-        new = np.r_[True, (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])]
-    return order[new]
-
-
 def _shift(tid: int, h: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Where the top-left cell of an h x w grid lands (flat index) after transforming its whole 30x30 canvas."""
     if tid in (0, 6):
@@ -388,13 +378,16 @@ class Voter:
         self._id_row = np.full((n_id, self._max_tests), -1, dtype=np.int64)
         self._src: np.ndarray | None = None
         self._occurrence: dict[tuple[int, int], int] = {}  # (identifier, first slot) -> predictions seen
-        # accumulated votes, and one canvas per distinct grid
+        # accumulated votes: slot, grid hashes, sigmoid(q) and the row it came from (a number in the held rows)
         self._slots: list[np.ndarray] = []
         self._h1: list[np.ndarray] = []
         self._h2: list[np.ndarray] = []
         self._qs: list[np.ndarray] = []
-        # one canvas per grid first seen in each block: keys [m, 2] uint64, canvases [m, 904], shapes [m, 2]
-        self._store: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._rows: list[np.ndarray] = []
+        # the rows voted so far, as (first row number, identifiers, preds): result() rebuilds the grids it shows
+        # from them (a few per test input) instead of keeping a canvas per distinct grid
+        self._held: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._held_rows = 0
         # rows kept by add() for _flush when workers > 1: (ids, inputs, preds, q, positions), own copies
         self._pending: list[tuple] = []
         self.counts = {"predictions": 0, "padding_rows": 0, "empty_crops": 0, "unmatched_predictions": 0}
@@ -586,8 +579,8 @@ class Voter:
 
         `positions` (optional, [b]): each example's index within its puzzle in the test split; without it,
         identical test inputs are told apart by feeding order (see the module docstring).
-        `copy=False`: the caller hands the token arrays over and leaves them unchanged until result(); with
-        workers > 1 (rows are kept until result()) that saves a copy of every row.
+        `copy=False`: the caller hands the token arrays over and leaves them unchanged until result(): the voter
+        holds the preds (and, with workers > 1, the inputs) until then, and otherwise copies them.
         """
         ids = np.asarray(puzzle_identifiers).reshape(-1).astype(np.int64)
         inputs = np.asarray(inputs)
@@ -611,61 +604,70 @@ class Voter:
         if not keep.all():
             ids, inputs, preds, q = ids[keep], inputs[keep], preds[keep], q[keep]
             positions = None if positions is None else positions[keep]
-        if self.workers > 1 and _FORK is not None:
-            if ids.size:  # kept for result(): own copies, checked now
-                self._pending.append((ids, _owned(inputs, "inputs", copy), _owned(preds, "preds", copy), q.copy(),
-                                      None if positions is None else positions.copy()))
+        if not ids.size:
             return
-        self._add_rows(ids, inputs, preds, q, positions)
+        preds = _owned(preds, "preds", copy)  # held until result()
+        if self.workers > 1 and _FORK is not None:  # kept for result(): own copies, checked now
+            self._pending.append((ids, _owned(inputs, "inputs", copy), preds, q.copy(),
+                                  None if positions is None else positions.copy()))
+            return
+        self._add_rows(ids, inputs, preds, q, positions, self._hold(ids, preds) + np.arange(ids.size))
 
-    def _add_rows(self, ids, inputs, preds, q, positions) -> None:
+    def _hold(self, ids: np.ndarray, preds: np.ndarray) -> int:
+        """Keep these rows for result(); the number of the first one."""
+        first = self._held_rows
+        self._held.append((first, ids, preds))
+        self._held_rows += ids.size
+        return first
+
+    def _add_rows(self, ids, inputs, preds, q, positions, rows) -> None:
         for a in range(0, ids.size, CHUNK):
             sl = slice(a, a + CHUNK)
-            self._merge(ids[sl], inputs[sl], q[sl], None if positions is None else positions[sl],
+            self._merge(ids[sl], inputs[sl], q[sl], None if positions is None else positions[sl], rows[sl],
                         self._heavy(ids[sl], inputs[sl], preds[sl]))
 
     def _flush(self) -> None:
         """Vote the rows add() kept, split by task over this process and up to workers - 1 forked ones.
 
         Tasks go to parts in contiguous runs of about equal row counts; each part feeds its rows in the order they
-        were added, so per (task, test input) everything happens as in one process. A forked process sends back
-        the votes it collected (slots, hashes, q, canvases, counts, occurrence counters); any failure there and
-        its part is voted here instead.
+        were added, so per (task, test input) everything happens as in one process. The rows are held here (and
+        numbered) before the fork, so a forked process sends back only the votes it collected (slots, hashes, q,
+        row numbers, counts, occurrence counters); any failure there and its part is voted here instead.
         """
         pending, self._pending = self._pending, []
         if not pending:
             return
+        firsts = [self._hold(p[0], p[2]) for p in pending]
         rows = np.bincount(np.concatenate([self._id_task[p[0]] for p in pending]), minlength=len(self.tasks))
         parts = min(self.workers, int((rows > 0).sum()))
         before = np.cumsum(rows) - rows
         task_part = np.minimum((2 * before + rows) * parts // max(2 * int(rows.sum()), 1), parts - 1)
 
         def run(part: int) -> None:
-            for ids, inputs, preds, q, positions in pending:
+            for (ids, inputs, preds, q, positions), first in zip(pending, firsts):
                 mine = task_part[self._id_task[ids]] == part
                 if mine.all():
-                    self._add_rows(ids, inputs, preds, q, positions)
+                    self._add_rows(ids, inputs, preds, q, positions, first + np.arange(ids.size))
                 elif mine.any():
                     i = np.flatnonzero(mine)
-                    self._add_rows(ids[i], inputs[i], preds[i], q[i], None if positions is None else positions[i])
+                    self._add_rows(ids[i], inputs[i], preds[i], q[i], None if positions is None else positions[i],
+                                   first + i)
 
-        part_rows = np.bincount(task_part, weights=rows, minlength=parts).astype(np.int64)
         children = []
         for part in range(1, parts):
             receive, send = _FORK.Pipe(duplex=False)
-            shared = mmap.mmap(-1, max(1, int(part_rows[part]) * _PADDED))  # at most one canvas per row
-            proc = _FORK.Process(target=self._child, args=(run, part, send, shared), daemon=True)
+            proc = _FORK.Process(target=self._child, args=(run, part, send), daemon=True)
             try:
                 proc.start()
             except OSError:
                 receive.close()
                 send.close()
-                children.append((part, None, None, None))
+                children.append((part, None, None))
                 continue
             send.close()
-            children.append((part, proc, receive, shared))
+            children.append((part, proc, receive))
         run(0)
-        for part, proc, receive, shared in children:
+        for part, proc, receive in children:
             state = None
             if proc is not None:
                 try:
@@ -677,38 +679,28 @@ class Voter:
             if state is None or state[0] != "ok":
                 run(part)
                 continue
-            _, slots, h1, h2, qs, keys, shapes, counts, occurrence = state
+            _, slots, h1, h2, qs, rows, counts, occurrence = state
             self._slots.append(slots)
             self._h1.append(h1)
             self._h2.append(h2)
             self._qs.append(qs)
-            if len(keys):  # the canvases stay in the shared mapping (read where result() needs them)
-                self._store.append((keys, np.frombuffer(shared, dtype=np.uint8, count=len(keys) * _PADDED)
-                                    .reshape(len(keys), _PADDED), shapes))
+            self._rows.append(rows)
             for k, v in counts.items():
                 self.counts[k] += v
             self._occurrence.update(occurrence)
 
-    def _child(self, run, part: int, send, shared: mmap.mmap) -> None:
-        """In a forked process: vote one part from empty vote lists and send back what it collected (the
-        canvases written into `shared`, a mapping shared with the parent, the rest through the pipe)."""
+    def _child(self, run, part: int, send) -> None:
+        """In a forked process: vote one part from empty vote lists and send back what it collected."""
         try:
-            self._slots, self._h1, self._h2, self._qs, self._store = [], [], [], [], []
+            self._slots, self._h1, self._h2, self._qs, self._rows = [], [], [], [], []
             self.counts = dict.fromkeys(self.counts, 0)
             occurrence = dict(self._occurrence)
             run(part)
             changed = {k: v for k, v in self._occurrence.items() if occurrence.get(k) != v}
-            m = sum(len(k) for k, _, _ in self._store)
-            canvases = np.frombuffer(shared, dtype=np.uint8, count=m * _PADDED).reshape(m, _PADDED)
-            at = 0
-            for _, c, _ in self._store:
-                canvases[at:at + len(c)] = c
-                at += len(c)
             joined = [np.concatenate(x) if x else np.zeros(0, dtype) for x, dtype in
-                      ((self._slots, np.int64), (self._h1, np.uint64), (self._h2, np.uint64), (self._qs, np.float64))]
-            keys = np.concatenate([k for k, _, _ in self._store]) if m else np.zeros((0, 2), np.uint64)
-            shapes = np.concatenate([h for _, _, h in self._store]) if m else np.zeros((0, 2), np.int64)
-            send.send(("ok", *joined, keys, shapes, self.counts, changed))
+                      ((self._slots, np.int64), (self._h1, np.uint64), (self._h2, np.uint64), (self._qs, np.float64),
+                       (self._rows, np.int64))]
+            send.send(("ok", *joined, self.counts, changed))
         except Exception as e:  # reported to the parent, which votes this part itself
             send.send(("error", repr(e)))
         finally:
@@ -729,11 +721,11 @@ class Voter:
         order = np.argsort(self._id_tinv[ids], kind="stable")  # a variant's rows keep their order
         canon, hh, ww = self._canonical(_tokens(preds[order], "preds"), ids[order])
         p1, p2 = _hash(canon)
-        return order, inputs, r1, r2, canon, hh, ww, p1, p2
+        return order, inputs, r1, r2, hh, p1, p2
 
-    def _merge(self, ids, inputs, q, positions, heavy) -> None:
-        """Slots, counts and the stored votes of one block (main thread, in feeding order)."""
-        order, tokens, r1, r2, canon, hh, ww, p1, p2 = heavy
+    def _merge(self, ids, inputs, q, positions, numbers, heavy) -> None:
+        """Slots, counts and the votes of one block (in feeding order); `numbers`: the rows' numbers."""
+        order, tokens, r1, r2, hh, p1, p2 = heavy
         if ids.size == 0:
             return
         # inputs -> slots (in feeding order): the raw canvas against the expected canvases of the variant's test
@@ -784,20 +776,16 @@ class Voter:
         matched = slots >= 0
         self.counts["unmatched_predictions"] += int((nonempty & ~matched).sum())
         ok = nonempty & matched
-        kept = np.arange(ok.size)
+        numbers = numbers[order]
         if not ok.all():
             kept = np.flatnonzero(ok)
-            hh, ww, slots, q, p1, p2 = hh[kept], ww[kept], slots[kept], q[kept], p1[kept], p2[kept]
-        # keep one canvas per grid first seen in this block (looked up in result())
-        if p1.size:
-            first = _first_of_pairs(p1, p2)
-            self._store.append((np.stack([p1[first], p2[first]], axis=1), canon[kept[first]],
-                                np.stack([hh[first], ww[first]], axis=1)))
+            slots, q, p1, p2, numbers = slots[kept], q[kept], p1[kept], p2[kept], numbers[kept]
         self.counts["predictions"] += int(slots.size)
         self._slots.append(slots)
         self._h1.append(p1)
         self._h2.append(p2)
         self._qs.append(1.0 / (1.0 + np.exp(-q)))
+        self._rows.append(numbers)
 
     def absorb(self, other: "Voter") -> None:
         """Add every prediction another Voter (same dataset) collected: pooling over checkpoints or ranks."""
@@ -805,31 +793,36 @@ class Voter:
             raise ValueError("Voter.absorb: the other voter was built from different test puzzles")
         self._flush()
         other._flush()
+        offset = self._held_rows
         self._slots += [a.copy() for a in other._slots]
         self._h1 += [a.copy() for a in other._h1]
         self._h2 += [a.copy() for a in other._h2]
         self._qs += [a.copy() for a in other._qs]
-        self._store += other._store
+        self._rows += [a + offset for a in other._rows]
+        self._held += [(first + offset, ids.copy(), preds.copy()) for first, ids, preds in other._held]
+        for _, ids, _ in other._held:  # their identifiers, for rebuilding their grids here
+            self._parse(ids, expect=False)
+        self._held_rows += other._held_rows
         for k, v in other.counts.items():
             self.counts[k] += v
 
-    def _lookup(self, h1: np.ndarray, h2: np.ndarray) -> dict[tuple[int, int], tuple[np.ndarray, int, int]]:
-        """(canvas, height, width) of the grids with these keys, from the stored blocks."""
-        if not self._store or not h1.size:
-            return {}
-        keys = np.concatenate([k for k, _, _ in self._store])
-        block = np.repeat(np.arange(len(self._store)), [len(k) for k, _, _ in self._store])
-        row = np.arange(keys.shape[0]) - np.repeat(np.cumsum([0] + [len(k) for k, _, _ in self._store])[:-1],
-                                                   [len(k) for k, _, _ in self._store])
-        hit = np.flatnonzero(np.isin(keys[:, 0], h1))
-        hit = hit[_first_of_pairs(keys[hit, 0], keys[hit, 1])]
-        wanted = set(zip(h1.tolist(), h2.tolist()))
-        found: dict = {}
-        for key, b, r in zip(map(tuple, keys[hit].tolist()), block[hit].tolist(), row[hit].tolist()):
-            if key in wanted:
-                _, canvases, shapes = self._store[b]
-                found[key] = (canvases[r], int(shapes[r, 0]), int(shapes[r, 1]))
-        return found
+    def _grids(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(canonical canvases [m, 904], heights, widths) of the predictions in these held rows, rebuilt."""
+        if not rows.size:
+            return np.zeros((0, _PADDED), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        firsts = np.array([first for first, _, _ in self._held], dtype=np.int64)
+        entry = np.searchsorted(firsts, rows, side="right") - 1
+        ids = np.empty(rows.size, dtype=np.int64)
+        preds = np.empty((rows.size, SEQ_LEN), dtype=np.uint8)
+        for e in _distinct(entry, len(self._held)).tolist():
+            at = np.flatnonzero(entry == e)
+            first, held_ids, held_preds = self._held[e]
+            ids[at], preds[at] = held_ids[rows[at] - first], held_preds[rows[at] - first]
+        order = np.argsort(self._id_tinv[ids], kind="stable")
+        canon, h, w = self._canonical(preds[order], ids[order])
+        back = np.empty_like(order)
+        back[order] = np.arange(order.size)
+        return canon[back], h[back], w[back]
 
     def result(self) -> VoteResult:
         self._flush()
@@ -838,6 +831,7 @@ class Voter:
         h1 = np.concatenate(self._h1) if self._h1 else empty_u
         h2 = np.concatenate(self._h2) if self._h2 else empty_u
         qs = np.concatenate(self._qs) if self._qs else np.zeros(0)
+        vote_rows = np.concatenate(self._rows) if self._rows else empty_i
         # candidates: distinct (slot, grid); q summed in ascending order so that feeding order never matters.
         # Sorted by q, then (stable) by one 64-bit key of (slot, grid); were two candidates to share a key, the
         # full four-key sort is used instead.
@@ -855,25 +849,30 @@ class Voter:
         sums = np.add.reduceat(qs[order], starts) if slots.size else np.zeros(0)
         means = sums / np.maximum(counts, 1)
         c_slot, c_h1, c_h2 = s_o[starts], a_o[starts], b_o[starts]
+        c_row = vote_rows[order[starts]]  # a row of each candidate: its grid is rebuilt from there when needed
         # order inside a slot: count desc, mean desc, then the grid (height, width, cells) ascending
         rank = np.lexsort((-means, -counts, c_slot))
         c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
+        c_row = c_row[rank]
         tie = np.r_[False, (c_slot[1:] == c_slot[:-1]) & (counts[1:] == counts[:-1]) & (means[1:] == means[:-1])]
         tied = np.flatnonzero(tie | np.r_[tie[1:], False])
         n_slots = len(self.slot_task)
         bounds = np.searchsorted(c_slot, np.arange(n_slots + 1))
         top = np.flatnonzero(np.arange(c_slot.size) - bounds[c_slot] < self.keep_votes) if c_slot.size else empty_i
-        grids = self._lookup(c_h1[np.r_[top, tied]], c_h2[np.r_[top, tied]])
+        shown = np.flatnonzero(np.isin(np.arange(c_slot.size), np.r_[top, tied]))  # candidates whose grid is needed
+        canvases, heights, widths = self._grids(c_row[shown])
+        grid_of = np.full(c_slot.size, -1, dtype=np.int64)  # candidate -> its row in canvases
+        grid_of[shown] = np.arange(shown.size)
         if tied.size:
             keys = np.zeros((tied.size, 2 + _PADDED), dtype=np.uint8)
-            for i, c in enumerate(tied.tolist()):
-                canvas, h, w = grids[(int(c_h1[c]), int(c_h2[c]))]
-                keys[i, 0], keys[i, 1], keys[i, 2:] = h, w, canvas
+            g = grid_of[tied]
+            keys[:, 0], keys[:, 1], keys[:, 2:] = heights[g], widths[g], canvases[g]
             grid_rank = np.zeros(c_slot.size, dtype=np.int64)
             grid_rank[tied] = np.argsort(np.argsort(keys.view(np.dtype((np.void, keys.shape[1]))).ravel(),
                                                     kind="stable"), kind="stable")
             rank = np.lexsort((grid_rank, -means, -counts, c_slot))
             c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
+            grid_of = grid_of[rank]
         # where each known truth ranks in its slot
         truth_rank = np.full(n_slots, -1, dtype=np.int64)
         t1 = np.array([k[0] if k else 0 for k in self._truth_key] or [0], dtype=np.uint64)
@@ -885,8 +884,8 @@ class Voter:
 
         submission, votes, passed, fallback, ncand = {}, {}, {}, {}, {}
         bounds_l, truth_l = bounds.tolist(), truth_rank.tolist()
-        keys_l = list(zip(c_h1.tolist(), c_h2.tolist()))
-        counts_l, means_l = counts.tolist(), means.tolist()
+        counts_l, means_l, grid_l = counts.tolist(), means.tolist(), grid_of.tolist()
+        heights_l, widths_l = heights.tolist(), widths.tolist()
         totals = [0.0] * len(self.pass_ks)
         scored = no_pred = 0
         for t, name in enumerate(self.tasks):
@@ -898,8 +897,8 @@ class Voter:
                 truth_known = self._truth_key[s] is not None
                 cands = []
                 for c in range(a, min(b, a + self.keep_votes)):
-                    canvas, h, w = grids[keys_l[c]]
-                    cands.append(Candidate(_grid_of(canvas, h, w), counts_l[c], means_l[c],
+                    g = grid_l[c]
+                    cands.append(Candidate(_grid_of(canvases[g], heights_l[g], widths_l[g]), counts_l[c], means_l[c],
                                            (c - a == truth_l[s]) if truth_known else None))
                 task_votes.append(cands)
                 task_n.append(b - a)
