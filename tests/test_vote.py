@@ -160,6 +160,29 @@ def test_parse_variant_rejects_bad_names():
             parse_variant(bad)
 
 
+@pytest.mark.parametrize("extra", ["", "é"])
+def test_bulk_name_parsing_matches_one_at_a_time(extra):
+    """_parse_names (tails and task prefixes read as arrays) gives what parse_variant gives name by name: runs of
+    one task, task names that are prefixes of others, short and plain names, and non-ASCII names."""
+    from trm.evaluation.vote import _parse_names
+
+    rng = np.random.default_rng(5)
+    names = []
+    for task in ["ab", "ab", "abc", "a" + extra, "xyz0123456789abcdefgh", "ab", "q", ""]:
+        for _ in range(int(rng.integers(1, 4))):
+            names.append(name_of(task, int(rng.integers(0, 8)), np.r_[0, rng.permutation(np.arange(1, 10))]))
+        names.append(task)  # the original
+    names += ["|||t3|||0712459368", "ab|||t3|||0712459368"]
+    tasks, run, tids, mappings = _parse_names(names)
+    assert len(run) == len(names) and run[0] == 0 and (np.diff(run) >= 0).all()
+    for i, name in enumerate(names):
+        task, tid, mapping = parse_variant(name)
+        assert (tasks[run[i]], int(tids[i]), mappings[i].tolist()) == (task, tid, mapping.tolist()), name
+    for bad in ("abc|||t9|||0123456789", "abc|||t3|||071245936", "abc|||0712459368"):
+        with pytest.raises(ValueError, match="abc"):
+            _parse_names(names + [bad])
+
+
 # ------------------------------------------------------------------------- ranking
 
 

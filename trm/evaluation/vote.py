@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from trm.data.augment import parse_variant_name
 
@@ -75,18 +76,22 @@ def parse_variant(name: str) -> tuple[str, int, np.ndarray]:
     return parse_variant_name(name)
 
 
-def _parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Many variant names at once -> (tasks, tids [m], mappings [m, 10]); ValueError naming a bad one.
+def _parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Many variant names at once -> (task names, run [m], tids [m], mappings [m, 10]); ValueError naming a bad one.
 
-    A variant name ends in the 18 characters `|||t<d>|||<10 digits>`; those tails are checked as one array,
-    cut out of all the names joined into one string.
+    Name i belongs to task names[run[i]]: consecutive names of one task share an entry (one run). A variant name
+    ends in the 18 characters `|||t<d>|||<10 digits>`; those tails, and the task prefixes compared with the
+    previous name's, are read as arrays out of all the names joined into one string.
     """
     m = len(names)
     joined = "".join(names)
     lengths = np.fromiter(map(len, names), dtype=np.int64, count=m)
-    if joined.isascii():  # one byte per character: the tails are slices of the joined bytes
-        buf = np.frombuffer(b" " * 18 + joined.encode("ascii"), dtype=np.uint8)
-        tails = buf[np.cumsum(lengths)[:, None] + np.arange(18)]
+    ascii_only = joined.isascii()
+    if ascii_only:  # one byte per character: tails and prefixes are windows of the joined bytes
+        widest = int(lengths.max()) if m else 0
+        buf = np.frombuffer(b" " * 18 + joined.encode("ascii") + b" " * (widest + 1), dtype=np.uint8)
+        ends = np.cumsum(lengths) + 18  # in buf, just past each name
+        tails = sliding_window_view(buf, 18)[ends - 18]
     else:
         tails = np.frombuffer("".join([n[-18:].rjust(18) for n in names]).encode("ascii", "replace"),
                               dtype=np.uint8).reshape(m, 18)
@@ -95,15 +100,26 @@ def _parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     variant = ((lengths >= 18) & (tails[:, :4] == np.frombuffer(b"|||t", np.uint8)).all(1)
                & (tails[:, 5:8] == ord("|")).all(1) & (tails[:, 4] >= ord("0")) & (tails[:, 4] <= ord("7"))
                & (digits <= 9).all(1) & (seen == 1023))  # each digit 0..9 once
-    tasks = [n[:-18] if v else n for n, v in zip(names, variant.tolist())]
+    keep = lengths - 18 * variant  # characters of the task name
+    if ascii_only and m:
+        width = max(int(keep.max()), 1)
+        prefix = sliding_window_view(buf, width)[ends - lengths]  # [m, width]: each name's start
+        inside = np.arange(width) < keep[1:, None]
+        same = (keep[1:] == keep[:-1]) & ((prefix[1:] == prefix[:-1]) | ~inside).all(1)
+        firsts = np.flatnonzero(np.r_[True, ~same])
+        run = np.cumsum(np.r_[True, ~same]) - 1
+    else:
+        firsts = run = np.arange(m)
+    keep_l = keep.tolist()
+    tasks = [names[i][:keep_l[i]] for i in firsts.tolist()]
     if SEPARATOR in "\n".join(tasks):  # the only check left per name: no separator in a task id
-        for name, task in zip(names, tasks):
+        for i, task in zip(firsts.tolist(), tasks):
             if SEPARATOR in task:
-                parse_variant_name(name)  # raises with the data module's message
-                raise ValueError(f"identifier {name!r}: expected '<task>|||t<0-7>|||<10 digits>'")
+                parse_variant_name(names[i])  # raises with the data module's message
+                raise ValueError(f"identifier {names[i]!r}: expected '<task>|||t<0-7>|||<10 digits>'")
     tids = np.where(variant, tails[:, 4].astype(np.int64) - ord("0"), 0).astype(np.int8)
     mappings = np.where(variant[:, None], digits, np.arange(10, dtype=np.uint8)).astype(np.uint8)
-    return tasks, tids, mappings
+    return tasks, run, tids, mappings
 
 
 def dihedral(stack: np.ndarray, tid: int) -> np.ndarray:
@@ -361,6 +377,9 @@ class Voter:
         a, b = a.tolist(), b.tolist()
         for s in range(len(self.slot_input)):
             self._input_slots.setdefault((self.slot_task[s], a[s], b[s]), []).append(s)
+        self._task_dup = np.zeros(max(len(self.tasks), 1), dtype=bool)  # tasks with identical test inputs
+        for (t, _, _), same in self._input_slots.items():
+            self._task_dup[t] |= len(same) > 1
         known = iter(zip(a[len(self.slot_input):], b[len(self.slot_input):]))
         self._truth_key = [None if g is None else next(known) for g in self.slot_truth]
         # per identifier: task index (-1: not a test task), inverse transform id, token -> colour + 1 lut, and
@@ -390,6 +409,7 @@ class Voter:
         self._held_rows = 0
         # rows kept by add() for _flush when workers > 1: (ids, inputs, preds, q, positions), own copies
         self._pending: list[tuple] = []
+        self._scratch = np.zeros((0, SEQ_LEN * 2 + 4), dtype=np.uint8)  # _canonical's, kept between blocks
         self.counts = {"predictions": 0, "padding_rows": 0, "empty_crops": 0, "unmatched_predictions": 0}
 
     @classmethod
@@ -480,9 +500,9 @@ class Voter:
                 names = self.identifiers[int(new[0]):int(new[-1]) + 1]
             else:
                 names = [self.identifiers[i] for i in new.tolist()]
-            tasks, tids, mappings = _parse_names(names)
+            tasks, run, tids, mappings = _parse_names(names)
             self._id_task[new] = np.fromiter(map(self._task_index.get, tasks, itertools.repeat(-1)),
-                                             dtype=np.int64, count=len(tasks))
+                                             dtype=np.int64, count=len(tasks))[run]
             self._id_tinv[new] = np.asarray(DIHEDRAL_INVERSE, dtype=np.int8)[tids]
             inverse = np.empty_like(mappings)  # variant colour -> original colour
             np.put_along_axis(inverse, mappings.astype(np.intp), np.arange(10, dtype=np.uint8)[None, :], axis=1)
@@ -558,7 +578,9 @@ class Voter:
                 part[:, :SEQ_LEN] = rows.take(src.reshape(-1), axis=0).reshape(hi - lo, SEQ_LEN)
             else:  # transform the whole canvas, then re-anchor through a window (below)
                 if buf is None:
-                    buf = np.zeros((n, SEQ_LEN * 2 + 4), dtype=np.uint8)
+                    if self._scratch.shape[0] < n:  # canvases in the left half, zeros in the right one
+                        self._scratch = np.zeros((n, SEQ_LEN * 2 + 4), dtype=np.uint8)
+                    buf = self._scratch
                     shift = np.zeros(n, dtype=np.int64)
                 buf[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(grids, t)
                 shift[lo:hi] = _shift(t, h[lo:hi], w[lo:hi])
@@ -723,6 +745,30 @@ class Voter:
         p1, p2 = _hash(canon)
         return order, inputs, r1, r2, hh, p1, p2
 
+    def _match(self, ids, tokens, r1, r2, rows: np.ndarray, tests: np.ndarray) -> np.ndarray:
+        """Whether fed input rows[i] is test input tests[i] of its variant: byte for byte against the split's row
+        (prepare()), else through the hashes r1, r2 of the fed inputs."""
+        hit = np.zeros(rows.size, dtype=bool)
+        src = self._id_src[ids[rows]]
+        if r1 is not None and not src.all():
+            h = np.flatnonzero(~src)
+            i, t = rows[h], tests[h]
+            hit[h] = (self._id_in1[ids[i], t] == r1[i]) & (self._id_in2[ids[i], t] == r2[i])
+        sel = np.flatnonzero(src)
+        ref_rows = self._id_row[ids[rows[sel]], tests[sel]]
+        sel, ref_rows = sel[ref_rows >= 0], ref_rows[ref_rows >= 0]
+        if sel.size:
+            m, fed_rows = sel.size, rows[sel]
+            a, b = int(ref_rows[0]), int(fed_rows[0])
+            if ref_rows[-1] - a == m - 1 and (np.diff(ref_rows) == 1).all():  # one slice of the split
+                ref = self._src[a:a + m]
+            else:
+                ref = self._src[ref_rows]
+            fed = tokens[b:b + m] if fed_rows[-1] - b == m - 1 and (np.diff(fed_rows) == 1).all() else tokens[fed_rows]
+            ref, fed = np.ascontiguousarray(ref, dtype=np.uint8), np.ascontiguousarray(fed)
+            hit[sel] = (ref.view(np.uint32) == fed.view(np.uint32)).all(axis=1)  # 4 cells at a time
+        return hit
+
     def _merge(self, ids, inputs, q, positions, numbers, heavy) -> None:
         """Slots, counts and the votes of one block (in feeding order); `numbers`: the rows' numbers."""
         order, tokens, r1, r2, hh, p1, p2 = heavy
@@ -730,25 +776,25 @@ class Voter:
             return
         # inputs -> slots (in feeding order): the raw canvas against the expected canvases of the variant's test
         # inputs, byte for byte for the test split's rows (prepare), else through their hashes
+        # First each row's likely test input: its rank among the consecutive rows of its identifier, modulo the
+        # test count (fed in dataset order, the k-th row of a variant is its k-th test input; the split's rows
+        # then come as one slice). Then every other test input for the rows that missed, and for all rows of
+        # tasks with identical test inputs (which count every match).
+        n = ids.size
         ntests = self._task_ntests[self._id_task[ids]]
-        src = self._id_src[ids]
-        nmatch = np.zeros(ids.size, dtype=np.int64)
-        found = np.zeros(ids.size, dtype=np.int64)  # the first matching test input
-        for j in reversed(range(self._max_tests)):
-            live = ntests > j
-            if r1 is not None:
-                hit = (self._id_in1[ids, j] == r1) & (self._id_in2[ids, j] == r2) & live & ~src
-            else:
-                hit = np.zeros(ids.size, dtype=bool)
-            rows = np.where(src & live, self._id_row[ids, j], -1)
-            sel = np.flatnonzero(rows >= 0)
-            if sel.size:
-                every = sel.size == ids.size
-                ref = np.ascontiguousarray(self._src[rows if every else rows[sel]], dtype=np.uint8)
-                fed = np.ascontiguousarray(tokens if every else tokens[sel])
-                hit[sel] = (ref.view(np.uint32) == fed.view(np.uint32)).all(axis=1)  # 4 cells at a time
-            nmatch += hit
-            found[hit] = j
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        guess = (np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))) % ntests
+        every = np.arange(n)
+        hit = self._match(ids, tokens, r1, r2, every, guess)
+        nmatch = hit.astype(np.int64)
+        found = np.where(hit, guess, self._max_tests)  # the first matching test input
+        rest = np.flatnonzero(~hit | self._task_dup[self._id_task[ids]])
+        for j in range(self._max_tests if rest.size else 0):
+            rows = rest[(ntests[rest] > j) & (guess[rest] != j)]
+            if rows.size:
+                more = rows[self._match(ids, tokens, r1, r2, rows, np.full(rows.size, j))]
+                nmatch[more] += 1
+                found[more] = np.minimum(found[more], j)
         ids, q, nmatch, found = ids[order], q[order], nmatch[order], found[order]
         task = self._id_task[ids]
         positions = None if positions is None else positions[order]
@@ -810,19 +856,22 @@ class Voter:
         """(canonical canvases [m, 904], heights, widths) of the predictions in these held rows, rebuilt."""
         if not rows.size:
             return np.zeros((0, _PADDED), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        by_row = np.argsort(rows, kind="stable")
         firsts = np.array([first for first, _, _ in self._held], dtype=np.int64)
-        entry = np.searchsorted(firsts, rows, side="right") - 1
+        bounds = np.searchsorted(rows[by_row], np.r_[firsts, self._held_rows])  # each held entry's rows: a range
         ids = np.empty(rows.size, dtype=np.int64)
         preds = np.empty((rows.size, SEQ_LEN), dtype=np.uint8)
-        for e in _distinct(entry, len(self._held)).tolist():
-            at = np.flatnonzero(entry == e)
+        for e in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            at = by_row[bounds[e]:bounds[e + 1]]
             first, held_ids, held_preds = self._held[e]
             ids[at], preds[at] = held_ids[rows[at] - first], held_preds[rows[at] - first]
         order = np.argsort(self._id_tinv[ids], kind="stable")
-        canon, h, w = self._canonical(preds[order], ids[order])
-        back = np.empty_like(order)
-        back[order] = np.arange(order.size)
-        return canon[back], h[back], w[back]
+        canon = np.empty((rows.size, _PADDED), dtype=np.uint8)
+        h, w = np.empty(rows.size, dtype=np.int64), np.empty(rows.size, dtype=np.int64)
+        for a in range(0, rows.size, CHUNK):
+            at = order[a:a + CHUNK]
+            canon[at], h[at], w[at] = self._canonical(preds[at], ids[at])
+        return canon, h, w
 
     def result(self) -> VoteResult:
         self._flush()
