@@ -148,37 +148,36 @@ def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _crop(np.asarray(tokens, dtype=np.uint8).reshape(-1, SEQ_LEN) - np.uint8(2))
 
 
-_FIELD = np.uint64((1 << GRID) - 1)
-_STOP = np.uint64(1 << GRID)  # a stop bit after the 30 cells of a grid row
-_ROW_NUMBER = np.arange(1, GRID + 1, dtype=np.int64)
+_FIELD = np.uint32((1 << GRID) - 1)
+_STOP = np.uint32(1 << GRID)  # a stop bit after the 30 cells of a grid row
+_ROW_NUMBER = np.arange(1, GRID + 1, dtype=np.int32)
 
 
 def _crop(shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """crop_sizes of token rows minus 2 (uint8 [n, 900]: colours 0..9, everything else >= 10).
 
     The non-colour cells are packed into bits, 30 per grid row; the grid rows are read as 64-bit words (four
-    rows every 15 bytes, at bit offsets 0, 30, 60, 90), laid out grid row major ([30, n]) and OR-accumulated
-    down the rows; the first non-colour column of each prefix is its count of trailing zeros.
+    rows every 15 bytes, at bit offsets 0, 30, 60, 90) and kept as 32-bit ones with a stop bit ([n, 30]), then
+    OR-accumulated along the grid rows; the first non-colour column of each prefix is the exponent of its lowest
+    set bit (read off its float32 value).
     """
     n = shifted.shape[0]
     bits = np.zeros(n * SEQ_LEN // 8 + 16, dtype=np.uint8)
     packed = np.packbits((shifted >= np.uint8(10)).reshape(-1), bitorder="little")
     bits[:packed.size] = packed
     quads = -(-n * GRID // 4)
-    rows = np.empty((quads, 4), dtype=np.uint64)
+    rows = np.empty((quads, 4), dtype=np.uint32)
     for j, (offset, shift) in enumerate(((0, 0), (3, 6), (7, 4), (11, 2))):
         word = np.ndarray((quads,), dtype=np.uint64, buffer=bits, offset=offset, strides=(15,))
-        np.right_shift(word, np.uint64(shift), out=rows[:, j])
-    rows = np.ascontiguousarray(rows.reshape(-1)[:n * GRID].reshape(n, GRID).T)  # [30, n]
+        np.right_shift(word, np.uint64(shift), out=rows[:, j], casting="unsafe")  # the low 32 bits
+    rows = rows.reshape(-1)[:n * GRID].reshape(n, GRID)
     rows &= _FIELD
     rows |= _STOP
-    np.bitwise_or.accumulate(rows, axis=0, out=rows)
-    rows &= ~rows + np.uint64(1)  # the lowest set bit, a power of two <= 2**30
-    cols = (rows.astype(np.float64).view(np.uint64) >> np.uint64(52)).astype(np.int64) - 1023  # its exponent
-    area = cols * _ROW_NUMBER[:, None]
-    reached = np.maximum.accumulate(area, axis=0)
-    best = (reached < reached[-1]).sum(axis=0)  # the first grid row with the largest area
-    width = cols[best, np.arange(n)]
+    np.bitwise_or.accumulate(rows, axis=1, out=rows)
+    rows &= ~rows + np.uint32(1)  # the lowest set bit, a power of two <= 2**30
+    cols = (rows.astype(np.float32).view(np.uint32) >> np.uint32(23)).astype(np.int32) - 127  # its exponent
+    best = np.argmax(cols * _ROW_NUMBER, axis=1)  # the first grid row with the largest area
+    width = cols[np.arange(n), best].astype(np.int64)
     nonempty = width > 0
     return np.where(nonempty, best + 1, 0), np.where(nonempty, width, 0)
 
