@@ -443,6 +443,21 @@ def test_helper_process_gives_the_same_result_on_random_data(monkeypatch, seed):
     assert dumps[0] == dumps[1] == dumps[2]
 
 
+def test_results_between_adds_match_one_process():
+    """result() votes what was added so far; later adds join the earlier votes (which each helper part ranks with
+    its own): at every step workers=2 gives what workers=1 gives."""
+    puzzles, names, rows, q = _random_case(5)
+    third = len(rows) // 3
+    dumps = {}
+    for workers in (1, 2):
+        voter = Voter(puzzles, names, workers=workers)
+        for a in range(0, len(rows), third):
+            feed(voter, rows[a:a + third], q[a:a + third])
+            dumps.setdefault(workers, []).append(_dump(voter.result()))
+    assert dumps[1] == dumps[2]
+    assert len(set(dumps[1])) == len(dumps[1])  # each step saw more
+
+
 def test_kept_rows_are_copied_unless_handed_over():
     """workers=2 keeps rows until result(): by default add() copies them, so a caller that reuses its buffers
     still gets what workers=1 gives; copy=False (arrays handed over, left unchanged) gives the same too."""
@@ -479,7 +494,7 @@ def test_helper_failure_is_voted_here(monkeypatch):
         return _dump(voter.result())
 
     expected = run(1)
-    monkeypatch.setattr(vote.Voter, "_child", lambda self, run, part, send: send.close())
+    monkeypatch.setattr(vote.Voter, "_child", lambda self, run, rank_part, part, send, shared: send.close())
     assert run(2) == expected
     monkeypatch.setattr(vote, "_FORK", None)
     assert run(2) == expected

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import mmap
 import multiprocessing
 import os
 import sys
@@ -367,6 +368,7 @@ class Voter:
                 self.slot_truth.append(None if out is None else _grid(out, f"test_puzzles: task {name} test {j} output"))
             self.task_slots.append(slots)
         self._task_first = np.array([s[0] for s in self.task_slots] or [0], dtype=np.int64)
+        self._slot_task = np.array(self.slot_task or [0], dtype=np.int64)
         self._task_ntests = np.array([len(s) for s in self.task_slots] or [0], dtype=np.int64)
         self._max_tests = int(self._task_ntests.max()) if self.tasks else 1
         # canonical hashes of test inputs (slow-path matching) and of the known truths (scoring)
@@ -647,17 +649,21 @@ class Voter:
             self._merge(ids[sl], inputs[sl], q[sl], None if positions is None else positions[sl], rows[sl],
                         self._heavy(ids[sl], inputs[sl], preds[sl]))
 
-    def _flush(self) -> None:
+    def _flush(self, rank: bool = False) -> list[tuple] | None:
         """Vote the rows add() kept, split by task over this process and up to workers - 1 forked ones.
 
         Tasks go to parts in contiguous runs of about equal row counts; each part feeds its rows in the order they
         were added, so per (task, test input) everything happens as in one process. The rows are held here (and
         numbered) before the fork, so a forked process sends back only the votes it collected (slots, hashes, q,
-        row numbers, counts, occurrence counters); any failure there and its part is voted here instead.
+        row numbers, counts, occurrence counters): its arrays through a mapping shared with it (a pipe is far
+        slower), the rest through a pipe. Any failure there and its part is voted here instead.
+        With `rank` (result()), each part also ranks the candidates of its tasks (all their votes, earlier ones
+        included) where it voted them: the list of those, in task order, is returned; None where no process was
+        forked.
         """
         pending, self._pending = self._pending, []
         if not pending:
-            return
+            return None
         firsts = [self._hold(p[0], p[2]) for p in pending]
         rows = np.bincount(np.concatenate([self._id_task[p[0]] for p in pending]), minlength=len(self.tasks))
         parts = min(self.workers, int((rows > 0).sum()))
@@ -674,21 +680,33 @@ class Voter:
                     self._add_rows(ids[i], inputs[i], preds[i], q[i], None if positions is None else positions[i],
                                    first + i)
 
+        def rank_part(part: int) -> tuple | None:
+            return self._rank(*self._votes(task_part == part)) if rank else None
+
         children = []
+        earlier = sum(len(x) for x in self._slots)
+        part_rows = np.bincount(task_part, weights=rows, minlength=parts).astype(np.int64)
         for part in range(1, parts):
             receive, send = _FORK.Pipe(duplex=False)
-            proc = _FORK.Process(target=self._child, args=(run, part, send), daemon=True)
+            # room for the part's votes (5 numbers each) and, ranked, a candidate (6 numbers and a canvas) per
+            # vote: only the pages written are ever used
+            shared = mmap.mmap(-1, int(part_rows[part]) * 40 + (int(part_rows[part]) + earlier) * (48 + _PADDED + 16)
+                               + 4096)
+            proc = _FORK.Process(target=self._child, args=(run, rank_part, part, send, shared), daemon=True)
             try:
                 proc.start()
             except OSError:
                 receive.close()
                 send.close()
-                children.append((part, None, None))
+                children.append((part, None, None, None))
                 continue
             send.close()
-            children.append((part, proc, receive))
+            children.append((part, proc, receive, shared))
         run(0)
-        for part, proc, receive in children:
+        if not children:
+            return None
+        ranked = [rank_part(0)]
+        for part, proc, receive, shared in children:
             state = None
             if proc is not None:
                 try:
@@ -699,8 +717,11 @@ class Voter:
                 proc.join()
             if state is None or state[0] != "ok":
                 run(part)
+                ranked.append(rank_part(part))
                 continue
-            _, slots, h1, h2, qs, rows, counts, occurrence = state
+            _, layout, counts, occurrence, has_rank = state
+            slots, h1, h2, qs, rows, *part_ranked = _unpack(shared, layout)
+            ranked.append(tuple(part_ranked) if has_rank else None)
             self._slots.append(slots)
             self._h1.append(h1)
             self._h2.append(h2)
@@ -709,10 +730,14 @@ class Voter:
             for k, v in counts.items():
                 self.counts[k] += v
             self._occurrence.update(occurrence)
+        return ranked if rank else None
 
-    def _child(self, run, part: int, send) -> None:
-        """In a forked process: vote one part from empty vote lists and send back what it collected."""
+    def _child(self, run, rank_part, part: int, send, shared: mmap.mmap) -> None:
+        """In a forked process: vote one part from empty vote lists and send back what it collected, and the
+        part's ranked candidates (rank_part, over the earlier votes of its tasks too) where asked: the arrays
+        written into `shared`, their layout and the rest through the pipe."""
         try:
+            earlier = self._slots, self._h1, self._h2, self._qs, self._rows
             self._slots, self._h1, self._h2, self._qs, self._rows = [], [], [], [], []
             self.counts = dict.fromkeys(self.counts, 0)
             occurrence = dict(self._occurrence)
@@ -721,7 +746,11 @@ class Voter:
             joined = [np.concatenate(x) if x else np.zeros(0, dtype) for x, dtype in
                       ((self._slots, np.int64), (self._h1, np.uint64), (self._h2, np.uint64), (self._qs, np.float64),
                        (self._rows, np.int64))]
-            send.send(("ok", *joined, self.counts, changed))
+            for mine, old in zip((self._slots, self._h1, self._h2, self._qs, self._rows), earlier):
+                mine[:0] = old  # earlier votes first, as in the parent
+            part_ranked = rank_part(part)
+            layout = _pack(shared, [*joined, *(part_ranked or ())])
+            send.send(("ok", layout, self.counts, changed, part_ranked is not None))
         except Exception as e:  # reported to the parent, which votes this part itself
             send.send(("error", repr(e)))
         finally:
@@ -872,14 +901,26 @@ class Voter:
             canon[at], h[at], w[at] = self._canonical(preds[at], ids[at])
         return canon, h, w
 
-    def result(self) -> VoteResult:
-        self._flush()
+    def _votes(self, tasks: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """The votes as arrays (slots, hashes, sigmoid(q), row numbers); only those of `tasks` (a mask) if given."""
         empty_i, empty_u = np.zeros(0, np.int64), np.zeros(0, np.uint64)
-        slots = np.concatenate(self._slots) if self._slots else empty_i
-        h1 = np.concatenate(self._h1) if self._h1 else empty_u
-        h2 = np.concatenate(self._h2) if self._h2 else empty_u
-        qs = np.concatenate(self._qs) if self._qs else np.zeros(0)
-        vote_rows = np.concatenate(self._rows) if self._rows else empty_i
+        votes = [np.concatenate(x) if x else e for x, e in ((self._slots, empty_i), (self._h1, empty_u),
+                                                            (self._h2, empty_u), (self._qs, np.zeros(0)),
+                                                            (self._rows, empty_i))]
+        if tasks is not None:
+            mine = tasks[self._slot_task[votes[0]]]
+            if not mine.all():
+                votes = [v[mine] for v in votes]
+        return tuple(votes)
+
+    def _rank(self, slots, h1, h2, qs, vote_rows) -> tuple[np.ndarray, ...]:
+        """Candidates of these votes, ranked in each slot, with the grids of those shown.
+
+        Returns (slot, h1, h2, count, mean, grid index or -1, canvases, heights, widths), the candidates sorted by
+        slot then rank; the grids (canonical canvases and sizes) are rebuilt for the first keep_votes of each slot
+        and for tied ones.
+        """
+        empty_i = np.zeros(0, np.int64)
         # candidates: distinct (slot, grid); q summed in ascending order so that feeding order never matters.
         # Sorted by q, then (stable) by one 64-bit key of (slot, grid); were two candidates to share a key, the
         # full four-key sort is used instead.
@@ -904,10 +945,9 @@ class Voter:
         c_row = c_row[rank]
         tie = np.r_[False, (c_slot[1:] == c_slot[:-1]) & (counts[1:] == counts[:-1]) & (means[1:] == means[:-1])]
         tied = np.flatnonzero(tie | np.r_[tie[1:], False])
-        n_slots = len(self.slot_task)
-        bounds = np.searchsorted(c_slot, np.arange(n_slots + 1))
-        top = np.flatnonzero(np.arange(c_slot.size) - bounds[c_slot] < self.keep_votes) if c_slot.size else empty_i
-        shown = np.flatnonzero(np.isin(np.arange(c_slot.size), np.r_[top, tied]))  # candidates whose grid is needed
+        first = np.r_[0, np.flatnonzero(c_slot[1:] != c_slot[:-1]) + 1] if c_slot.size else empty_i
+        place = np.arange(c_slot.size) - np.repeat(first, np.diff(np.r_[first, c_slot.size]))  # rank in its slot
+        shown = np.flatnonzero((place < self.keep_votes) | np.isin(np.arange(c_slot.size), tied))
         canvases, heights, widths = self._grids(c_row[shown])
         grid_of = np.full(c_slot.size, -1, dtype=np.int64)  # candidate -> its row in canvases
         grid_of[shown] = np.arange(shown.size)
@@ -921,6 +961,18 @@ class Voter:
             rank = np.lexsort((grid_rank, -means, -counts, c_slot))
             c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
             grid_of = grid_of[rank]
+        return c_slot, c_h1, c_h2, counts, means, grid_of, canvases, heights, widths
+
+    def result(self) -> VoteResult:
+        ranked = self._flush(rank=True)  # with a helper process: each part's candidates, ranked where voted
+        if ranked is None:
+            ranked = [self._rank(*self._votes())]
+        offsets = np.cumsum([0] + [len(r[6]) for r in ranked])
+        c_slot, c_h1, c_h2, counts, means = (np.concatenate([r[i] for r in ranked]) for i in range(5))
+        grid_of = np.concatenate([np.where(r[5] >= 0, r[5] + off, -1) for r, off in zip(ranked, offsets)])
+        canvases, heights, widths = (np.concatenate([r[i] for r in ranked]) for i in (6, 7, 8))
+        n_slots = len(self.slot_task)
+        bounds = np.searchsorted(c_slot, np.arange(n_slots + 1))
         # where each known truth ranks in its slot
         truth_rank = np.full(n_slots, -1, dtype=np.int64)
         t1 = np.array([k[0] if k else 0 for k in self._truth_key] or [0], dtype=np.uint64)
@@ -992,6 +1044,26 @@ CHUNK = 768  # rows processed at once: keeps the temporaries in cache (larger bl
 # processes started by fork for Voter(workers > 1): they inherit the kept rows without copying (POSIX only;
 # elsewhere workers > 1 votes in this process)
 _FORK = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def _pack(shared: mmap.mmap, arrays: list[np.ndarray]) -> list[tuple[str, tuple[int, ...], int]]:
+    """Copy arrays one after the other (8-byte aligned) into a shared mapping; their (dtype, shape, offset)."""
+    layout, at = [], 0
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        if at + a.nbytes > len(shared):
+            raise ValueError(f"{at + a.nbytes} bytes do not fit the shared mapping of {len(shared)}")
+        if a.nbytes:
+            np.frombuffer(shared, dtype=np.uint8, count=a.nbytes, offset=at)[:] = a.reshape(-1).view(np.uint8)
+        layout.append((a.dtype.str, a.shape, at))
+        at += -(-a.nbytes // 8) * 8
+    return layout
+
+
+def _unpack(shared: mmap.mmap, layout) -> list[np.ndarray]:
+    """The arrays _pack wrote, as views of the mapping."""
+    return [np.frombuffer(shared, dtype=np.dtype(d), count=int(np.prod(shape)), offset=at).reshape(shape)
+            if int(np.prod(shape)) else np.zeros(shape, dtype=np.dtype(d)) for d, shape, at in layout]
 
 
 def _owned(arr: np.ndarray, what: str, copy: bool = True) -> np.ndarray:
