@@ -34,8 +34,9 @@ Rules (see docs/evaluation.md):
   keeps its slot, two hashes, sigmoid(q) and the number of its row; the predictions themselves are held (a uint8
   copy, 900 bytes per row, unless add(copy=False) hands them over) so that result() rebuilds only the grids it
   shows (keep_votes per test input, and tied ones).
-  `Voter(workers=2)` (`trm vote`'s default on 2 cores) keeps copies of the rows and votes half of the tasks in
-  a forked process at result() time: the results are byte for byte those of one process.
+  `Voter(workers=2)` (`trm vote`'s default on 2 cores) keeps copies of the rows and, at result() time, votes
+  and ranks half of the tasks in a forked process (its arrays come back through shared memory): the results
+  are byte for byte those of one process.
 - fallback: a test input with no usable prediction gets its own test input as both attempts, and is counted
   in `<prefix>/test_inputs_without_predictions`; with one candidate, attempt_2 repeats attempt_1.
 - scoring: pass@K per test input; a task scores the mean over its test inputs whose output is known; the
