@@ -7,6 +7,11 @@
 #     TRM_SHARED_DIR=/data/shared TRM_REFERENCE_DIR=../TinyRecursiveModels bash bench/gpu_check.sh
 #     STEPS="1 5" bash bench/gpu_check.sh           # only the numbered checks below
 #
+# The Python there needs torch, numpy, pyyaml, pytest and, for checks 3-4, minio (trm.storage imports it). On a
+# machine with no network, bring wheels downloaded elsewhere, e.g. for Python 3.12:
+#     pip download minio --python-version 3.12 --only-binary=:all: --platform manylinux2014_x86_64 -d .whl
+#     python3 -m pip install --no-index --find-links .whl minio          # on the GPU machine
+#
 # 1. tests/test_model_parity.py with TRM_TEST_DEVICE=cuda: every ACT step of the reference fixture in float32 on
 #    the GPU (logits/q within 1e-4, loss within 1e-6 relative).
 # 2. tests/test_optim.py -k fused: the adam-atan2 CUDA kernel against our PyTorch AdamATan2 (skips when the
