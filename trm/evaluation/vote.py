@@ -56,6 +56,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -309,6 +310,20 @@ class VoteResult:
 
     def pass_at_k(self) -> dict[str, float]:
         return {k: v for k, v in self.metrics.items() if k.startswith(f"{self.prefix}/pass@")}
+
+
+class Ranked(NamedTuple):
+    """Candidates (distinct grids of one slot) sorted by slot, then rank; grid_of indexes canvases/heights/widths
+    for those whose grid was rebuilt (-1 for the others)."""
+    slot: np.ndarray
+    h1: np.ndarray
+    h2: np.ndarray
+    count: np.ndarray
+    mean: np.ndarray
+    grid_of: np.ndarray
+    canvases: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
 
 
 def _grid(value, where: str) -> np.ndarray:
@@ -650,7 +665,7 @@ class Voter:
             self._merge(ids[sl], inputs[sl], q[sl], None if positions is None else positions[sl], rows[sl],
                         self._heavy(ids[sl], inputs[sl], preds[sl]))
 
-    def _flush(self, rank: bool = False) -> list[tuple] | None:
+    def _flush(self, rank: bool = False) -> list[Ranked] | None:
         """Vote the rows add() kept, split by task over this process and up to workers - 1 forked ones.
 
         Tasks go to parts in contiguous runs of about equal row counts; each part feeds its rows in the order they
@@ -681,7 +696,7 @@ class Voter:
                     self._add_rows(ids[i], inputs[i], preds[i], q[i], None if positions is None else positions[i],
                                    first + i)
 
-        def rank_part(part: int) -> tuple | None:
+        def rank_part(part: int) -> Ranked | None:
             return self._rank(*self._votes(task_part == part)) if rank else None
 
         children = []
@@ -722,7 +737,7 @@ class Voter:
                 continue
             _, layout, counts, occurrence, has_rank = state
             slots, h1, h2, qs, rows, *part_ranked = _unpack(shared, layout)
-            ranked.append(tuple(part_ranked) if has_rank else None)
+            ranked.append(Ranked(*part_ranked) if has_rank else None)
             self._slots.append(slots)
             self._h1.append(h1)
             self._h2.append(h2)
@@ -787,14 +802,8 @@ class Voter:
         ref_rows = self._id_row[ids[rows[sel]], tests[sel]]
         sel, ref_rows = sel[ref_rows >= 0], ref_rows[ref_rows >= 0]
         if sel.size:
-            m, fed_rows = sel.size, rows[sel]
-            a, b = int(ref_rows[0]), int(fed_rows[0])
-            if ref_rows[-1] - a == m - 1 and (np.diff(ref_rows) == 1).all():  # one slice of the split
-                ref = self._src[a:a + m]
-            else:
-                ref = self._src[ref_rows]
-            fed = tokens[b:b + m] if fed_rows[-1] - b == m - 1 and (np.diff(fed_rows) == 1).all() else tokens[fed_rows]
-            ref, fed = np.ascontiguousarray(ref, dtype=np.uint8), np.ascontiguousarray(fed)
+            ref = np.ascontiguousarray(_take_rows(self._src, ref_rows), dtype=np.uint8)
+            fed = np.ascontiguousarray(_take_rows(tokens, rows[sel]))
             hit[sel] = (ref.view(np.uint32) == fed.view(np.uint32)).all(axis=1)  # 4 cells at a time
         return hit
 
@@ -914,12 +923,9 @@ class Voter:
                 votes = [v[mine] for v in votes]
         return tuple(votes)
 
-    def _rank(self, slots, h1, h2, qs, vote_rows) -> tuple[np.ndarray, ...]:
-        """Candidates of these votes, ranked in each slot, with the grids of those shown.
-
-        Returns (slot, h1, h2, count, mean, grid index or -1, canvases, heights, widths), the candidates sorted by
-        slot then rank; the grids (canonical canvases and sizes) are rebuilt for the first keep_votes of each slot
-        and for tied ones.
+    def _rank(self, slots, h1, h2, qs, vote_rows) -> Ranked:
+        """Candidates of these votes, ranked in each slot, with the grids of those shown: sorted by slot then rank;
+        the grids (canonical canvases and sizes) are rebuilt for the first keep_votes of each slot and tied ones.
         """
         empty_i = np.zeros(0, np.int64)
         # candidates: distinct (slot, grid); q summed in ascending order so that feeding order never matters.
@@ -962,16 +968,15 @@ class Voter:
             rank = np.lexsort((grid_rank, -means, -counts, c_slot))
             c_slot, c_h1, c_h2, counts, means = c_slot[rank], c_h1[rank], c_h2[rank], counts[rank], means[rank]
             grid_of = grid_of[rank]
-        return c_slot, c_h1, c_h2, counts, means, grid_of, canvases, heights, widths
+        return Ranked(c_slot, c_h1, c_h2, counts, means, grid_of, canvases, heights, widths)
 
     def result(self) -> VoteResult:
         ranked = self._flush(rank=True)  # with a helper process: each part's candidates, ranked where voted
         if ranked is None:
             ranked = [self._rank(*self._votes())]
-        offsets = np.cumsum([0] + [len(r[6]) for r in ranked])
-        c_slot, c_h1, c_h2, counts, means = (np.concatenate([r[i] for r in ranked]) for i in range(5))
-        grid_of = np.concatenate([np.where(r[5] >= 0, r[5] + off, -1) for r, off in zip(ranked, offsets)])
-        canvases, heights, widths = (np.concatenate([r[i] for r in ranked]) for i in (6, 7, 8))
+        offsets = np.cumsum([0] + [len(r.canvases) for r in ranked])  # parts cover ascending task ranges
+        c_slot, c_h1, c_h2, counts, means, _, canvases, heights, widths = (np.concatenate(x) for x in zip(*ranked))
+        grid_of = np.concatenate([np.where(r.grid_of >= 0, r.grid_of + off, -1) for r, off in zip(ranked, offsets)])
         n_slots = len(self.slot_task)
         bounds = np.searchsorted(c_slot, np.arange(n_slots + 1))
         # where each known truth ranks in its slot
@@ -1045,6 +1050,14 @@ CHUNK = 768  # rows processed at once: keeps the temporaries in cache (larger bl
 # processes started by fork for Voter(workers > 1): they inherit the kept rows without copying (POSIX only;
 # elsewhere workers > 1 votes in this process)
 _FORK = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def _take_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """arr[rows] (rows non-empty), as a slice (no copy) where the rows are consecutive."""
+    a, m = int(rows[0]), rows.size
+    if rows[-1] - a == m - 1 and (np.diff(rows) == 1).all():
+        return arr[a:a + m]
+    return arr[rows]
 
 
 def _pack(shared: mmap.mmap, arrays: list[np.ndarray]) -> list[tuple[str, tuple[int, ...], int]]:
