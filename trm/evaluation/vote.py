@@ -423,7 +423,6 @@ class Voter:
         # the rows voted so far, as (first row number, identifiers, preds): result() rebuilds the grids it shows
         # from them (a few per test input) instead of keeping a canvas per distinct grid
         self._held: list[tuple[int, np.ndarray, np.ndarray]] = []
-        self._held_rows = 0
         # rows kept by add() for _flush when workers > 1: (ids, inputs, preds, q, positions), own copies
         self._pending: list[tuple] = []
         self._scratch = np.zeros((0, SEQ_LEN * 2 + 4), dtype=np.uint8)  # _canonical's, kept between blocks
@@ -656,8 +655,12 @@ class Voter:
         """Keep these rows for result(); the number of the first one."""
         first = self._held_rows
         self._held.append((first, ids, preds))
-        self._held_rows += ids.size
         return first
+
+    @property
+    def _held_rows(self) -> int:
+        """How many rows are held (the number the next one gets)."""
+        return self._held[-1][0] + len(self._held[-1][1]) if self._held else 0
 
     def _add_rows(self, ids, inputs, preds, q, positions, rows) -> None:
         for a in range(0, ids.size, CHUNK):
@@ -759,9 +762,7 @@ class Voter:
             occurrence = dict(self._occurrence)
             run(part)
             changed = {k: v for k, v in self._occurrence.items() if occurrence.get(k) != v}
-            joined = [np.concatenate(x) if x else np.zeros(0, dtype) for x, dtype in
-                      ((self._slots, np.int64), (self._h1, np.uint64), (self._h2, np.uint64), (self._qs, np.float64),
-                       (self._rows, np.int64))]
+            joined = self._votes()  # this part's votes alone
             for mine, old in zip((self._slots, self._h1, self._h2, self._qs, self._rows), earlier):
                 mine[:0] = old  # earlier votes first, as in the parent
             part_ranked = rank_part(part)
@@ -886,7 +887,6 @@ class Voter:
         self._held += [(first + offset, ids.copy(), preds.copy()) for first, ids, preds in other._held]
         for _, ids, _ in other._held:  # their identifiers, for rebuilding their grids here
             self._parse(ids, expect=False)
-        self._held_rows += other._held_rows
         for k, v in other.counts.items():
             self.counts[k] += v
 
