@@ -621,7 +621,8 @@ def follow(api_client, kind: Kind | str, name: str, namespace: str, *, timeout: 
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     where = f"{kind.kind} {namespace}/{name}"
     follower = LogFollower(core, kind, name, namespace, out, poll_interval) if logs else None
-    watcher = JobWatcher(custom, kind, name, namespace, wake, out, retry_wait=poll_interval) if watch else None
+    watcher = JobWatcher(custom, kind, name, namespace, wake, out, retry_wait=min(poll_interval, 2.0)) if watch \
+        else None
     for thread in (follower, watcher):
         if thread:
             thread.start()
@@ -709,7 +710,7 @@ def follow(api_client, kind: Kind | str, name: str, namespace: str, *, timeout: 
         if follower:
             follower.stop.set()
             # a finished container closes its stream by itself; give it a moment to deliver the last lines
-            follower.join(timeout=30.0 if result and result.state in ("Succeeded", "Failed") else 2.0)
+            follower.join(timeout=30.0 if result and result.state in ("Succeeded", "Failed") else 0.5)
     return result
 
 
