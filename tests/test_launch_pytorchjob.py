@@ -83,8 +83,11 @@ def test_operator_rules():
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
     for spec in replicas.values():
-        assert spec["restartPolicy"] == "OnFailure"
+        # backoff_limit 0 (the default): a pod failure fails the job; KFP's step retry is the one retry layer
+        assert spec["restartPolicy"] == "Never" and job["spec"]["runPolicy"]["backoffLimit"] == 0
         assert [c["name"] for c in spec["template"]["spec"]["containers"]] == ["pytorch"]
+    restarting = build_pytorchjob(LaunchConfig(**{**CONFIGS["cpu-3nodes"], "backoff_limit": 2}))
+    assert {r["restartPolicy"] for r in restarting["spec"]["pytorchReplicaSpecs"].values()} == {"OnFailure"}
     bad = copy.deepcopy(job)
     bad["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
     bad["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["name"] = "main"
@@ -111,8 +114,15 @@ def test_pod_spec_resources_shm_secrets_and_scheduling():
     assert container["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
+    # data on a scratch volume, never the container's filesystem; time to checkpoint on SIGTERM
+    assert {"name": "scratch", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "64Gi"}} in pod["volumes"]
+    assert pod["terminationGracePeriodSeconds"] == 300
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                            "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
     env = {e["name"]: e for e in container["env"]}
-    assert env["TRM_S3_ENDPOINT"]["value"] == "http://minio.trm:9000"
+    assert env["TRM_S3_ENDPOINT"]["value"] == "http://minio.trm:9000" and env["TRM_HOME"]["value"] == "/tmp/trm"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "trm-s3", "key": "accesskey"}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "trm-s3", "key": "secretkey"}
     assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "wandb"
@@ -197,7 +207,13 @@ def test_restarts_resume_from_a_stable_s3_checkpoint_path():
     ({"s3_endpoint": "minio:9000"}, "s3_endpoint"), ({"backoff_limit": -1}, "backoff_limit"),
     ({"active_deadline_seconds": 0}, "active_deadline_seconds"), ({"clean_pod_policy": "Always"}, "clean_pod_policy"),
     ({"train_args": ["max_steps"]}, "train_args"), ({"train_args": ["no_such_key=1"]}, "train_args"),
-    ({"env": {"1BAD": "x"}}, "env"), ({"env": {"AWS_ACCESS_KEY_ID": "plain"}}, "env"), ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),
+    ({"env": {"1BAD": "x"}}, "env"), ({"env": {"AWS_ACCESS_KEY_ID": "plain"}}, "env"),
+    ({"env": {"PET_NNODES": "2"}}, "env"), ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),
+    ({"run_id": "has space"}, "run_id"), ({"queue_name": "Bad_Queue"}, "queue_name"),
+    ({"termination_grace_seconds": -1}, "termination_grace_seconds"), ({"pending_timeout": -5}, "pending_timeout"),
+    ({"scratch_size": "lots"}, "scratch_size"), ({"runtime_kind": "Runtime"}, "runtime_kind"),
+    ({"name": "a" * 56, "nnodes": 2}, "name"),
+    ({"s3_endpoint": "http://KEY:SECRET@minio:9000"}, "s3_endpoint: 'http://\\*\\*\\*@minio:9000' carries credentials"),
 ])
 def test_bad_values_raise_naming_the_field(change, field):
     values = {"name": "trm-a", "image": IMAGE, **change}
