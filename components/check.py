@@ -1,13 +1,21 @@
-"""KFP component `check-params`: the first step; checks every run parameter and the S3 store, fixes the run root.
+"""KFP component `check-params`: the first step; checks every run parameter, the S3 store and the cluster; fixes
+the run root and the trainer backend.
 
     from components.check import check_params
-    root = check_params.python_func(bucket="trm", run_prefix="runs", run_id="r1", ...)   # plain function
+    out = check_params.python_func(bucket="trm", run_prefix="runs", run_id="r1", ...)   # plain function
+    out.run_root, out.backend      # "s3://trm/runs/r1", "local" | "trainjob" | "pytorchjob"
 
 A bad value (unknown subset or source, negative epochs, an unknown trainer backend, an unreachable S3 endpoint)
 fails here with a message naming the parameter, before any data is built. On success it writes the run's
 parameters to `<run root>/params.json` (this also proves the store is writable) and returns the run root
-`s3://<bucket>/<run_prefix>/<run_id>`; an empty `run_id` takes the KFP run's id.
+`s3://<bucket>/<run_prefix>/<run_id>` (an empty `run_id` takes the KFP run's id; `{namespace}` in `run_prefix`
+becomes the pod's namespace, e.g. `private-artifacts/{namespace}/trm` in a Kubeflow profile) and the backend:
+`trainer_backend` with `auto` resolved. For a cluster backend it also checks that the API serves the job kind
+(TrainJob or PyTorchJob), that the launch settings build a valid job, that the TrainJob's runtime exists and that
+this step's service account may create, watch and delete such jobs (components/impl/launch.py).
 """
+
+from typing import NamedTuple
 
 from kfp import dsl
 
@@ -44,13 +52,30 @@ def check_params(
     trainer_backend: str,
     nnodes: int,
     nproc_per_node: int,
-) -> str:
-    """Check the run parameters and the S3 store; return the run root s3://<bucket>/<run_prefix>/<run_id>."""
+    gpu_type: str,
+    node_selector: dict,
+    tolerations: list,
+    trainer_image: str,
+    namespace: str,
+    active_deadline_seconds: int,
+    pending_timeout: int,
+    queue_name: str,
+) -> NamedTuple("Outputs", [("run_root", str), ("backend", str)]):
+    """Check the run parameters, the S3 store and the cluster; return the run root and the trainer backend."""
     params = dict(locals())
     params.pop("job_id")
+    from collections import namedtuple
+
+    from components.impl import launch
     from components.impl.check import run
+    from components.impl.check import train_overrides as make_words
     from components.runtime import use_endpoint
 
     use_endpoint(s3_endpoint)
-
-    return run(params, job_id)
+    params["run_prefix"] = launch.expand_prefix(run_prefix)
+    root = run(params, job_id)
+    words = make_words(preset, f"{root}/dataset", root, hidden_size, num_heads, L_layers, H_cycles, L_cycles,
+                            halt_max_steps, global_batch_size, epochs, eval_interval, lr, puzzle_emb_lr, ema,
+                            train_overrides)
+    backend = launch.check_cluster({**params, "kfp_run_id": job_id}, root, words)
+    return namedtuple("Outputs", ["run_root", "backend"])(root, backend)

@@ -1,4 +1,4 @@
-"""Settings shared by the KFP components: the container images and the Kubernetes secret names.
+"""Settings shared by the KFP components: images, secret names, step resources, time limits (fixed when compiling).
 
     TRM_STEPS_IMAGE=registry/trm-steps:abc TRM_TRAINER_IMAGE=registry/trm-trainer:abc make compile
 
@@ -39,7 +39,37 @@ S3_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACC
 # W&B: optional; without it the trainer logs offline.
 WANDB_SECRET = "trm-wandb"
 WANDB_SECRET_KEYS = {"api-key": "WANDB_API_KEY"}
-# The S3 endpoint is not a secret: a pipeline parameter (`s3_endpoint`) with this default (KFP's object store).
-DEFAULT_S3_ENDPOINT = "http://minio-service.kubeflow:9000"
+# The S3 endpoint is not a secret: a pipeline parameter (`s3_endpoint`) with this default: KFP's object store
+# since KFP 2.16 (SeaweedFS, service `seaweedfs` in `kubeflow`, S3 on port 9000; same secret as before).
+DEFAULT_S3_ENDPOINT = "http://seaweedfs.kubeflow:9000"
 
-TRAINER_BACKENDS = ("local", "pytorchjob")
+# Where training runs: auto = what the cluster has (TrainJob, else PyTorchJob; `local` outside a cluster),
+# trainjob = Kubeflow Trainer v2.3, pytorchjob = Training Operator 1.9, local = torchrun in the step's own pod.
+TRAINER_BACKENDS = ("auto", "trainjob", "pytorchjob", "local")
+# The ConfigMap (in the job's namespace) whose LaunchConfig fields size the job's pods (manifests/).
+LAUNCH_CONFIGMAP = "trm-launch"
+
+# Requests (and memory limits) of each step's pod: (cpu request, memory request, memory limit).
+STEP_RESOURCES = {
+    "check-params": ("500m", "1Gi", "2Gi"),
+    "build-dataset": ("4", "16Gi", "32Gi"),
+    "train": ("8", "64Gi", "256Gi"),  # torchrun in the pod (trainer_backend=local): the GPUs' host side
+    "train-job": ("250m", "512Mi", "1Gi"),  # the launcher: follows the TrainJob/PyTorchJob
+    "evaluate": ("8", "64Gi", "128Gi"),
+    "export-submission": ("500m", "2Gi", "4Gi"),
+    "cleanup-jobs": ("100m", "256Mi", "512Mi"),
+}
+# Scratch space on /tmp (an emptyDir with this size limit; TRM_HOME=/tmp/trm in the images): the dataset build
+# stages its output there, trainers and evaluation cache the dataset there. Never the container's own filesystem.
+SCRATCH_SIZE = {"build-dataset": "64Gi", "train": "200Gi", "evaluate": "100Gi"}
+SHM_SIZE = "16Gi"  # memory-backed /dev/shm of the GPU steps (counts against their memory limit)
+
+# Time limits. A job's own limit is the `active_deadline_seconds` pipeline parameter (default a week); the pods
+# that follow it (and the in-pod trainer) are killed by Kubernetes after LAUNCHER_TIMEOUT (kubernetes.set_timeout,
+# a compile-time integer), which must stay above active_deadline_seconds + pending_timeout (check-params says so).
+DEFAULT_ACTIVE_DEADLINE = 7 * 24 * 3600
+DEFAULT_PENDING_TIMEOUT = 1800
+LAUNCHER_TIMEOUT = 8 * 24 * 3600
+# The one retry layer: KFP retries the train step (each attempt resumes from the newest checkpoint, and adopts
+# or resubmits the job of this run); the jobs themselves never restart pods (backoffLimit 0).
+TRAIN_RETRIES = 3

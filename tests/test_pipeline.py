@@ -58,6 +58,8 @@ def test_parses_into_pipeline_spec_protos(docs):
     from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
     from kfp.pipeline_spec import pipeline_spec_pb2
 
+    from components import settings
+
     pipeline_doc, platform_doc = docs
     spec = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise
     assert spec.pipeline_info.name == "trm-arc-agi"
@@ -69,19 +71,31 @@ def test_parses_into_pipeline_spec_protos(docs):
         configs[name] = json_format.ParseDict(as_dict, k8s.KubernetesExecutorConfig())
     assert set(configs) == set(spec.deployment_spec["executors"]), "every executor has platform settings"
 
-    # the in-pod trainer: S3 + W&B secrets, memory-backed /dev/shm, node selector and tolerations from parameters
+    # the in-pod trainer: S3 + W&B secrets, memory-backed /dev/shm, scratch on /tmp, node selector and tolerations
     train = configs["exec-train"]
     assert [s.secret_name for s in train.secret_as_env] == ["mlpipeline-minio-artifact", "trm-wandb"]
     assert train.secret_as_env[1].optional and not train.secret_as_env[0].optional
     envs = {e.env_var for s in train.secret_as_env for e in s.key_to_env}
     assert envs == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"}
-    (shm,) = train.empty_dir_mounts
-    assert (shm.mount_path, shm.medium) == ("/dev/shm", "Memory")
+    mounts = {m.mount_path: m for m in train.empty_dir_mounts}
+    assert mounts["/dev/shm"].medium == "Memory"
+    assert mounts["/tmp"].size_limit == settings.SCRATCH_SIZE["train"] and not mounts["/tmp"].medium
     assert train.node_selector.node_selector_json.component_input_parameter == "pipelinechannel--node_selector"
     assert train.tolerations[0].toleration_json.component_input_parameter == "pipelinechannel--tolerations"
-    # every step gets the S3 credentials from the secret
+    # the train steps are bounded by the launcher timeout; the steps with data have scratch space on /tmp
+    for name in ("exec-train", "exec-train-job"):
+        assert configs[name].active_deadline_seconds == settings.LAUNCHER_TIMEOUT, name
+    for name, step in (("exec-build-dataset", "build-dataset"), ("exec-evaluate", "evaluate"),
+                       ("exec-evaluate-2", "evaluate")):
+        scratch = [m for m in configs[name].empty_dir_mounts if m.mount_path == "/tmp"]
+        assert [m.size_limit for m in scratch] == [settings.SCRATCH_SIZE[step]], name
     for name, config in configs.items():
-        assert "mlpipeline-minio-artifact" in [s.secret_name for s in config.secret_as_env], name
+        # every step runs as the images' non-root user (KFP 2.17 adds no-escalation, drop ALL, seccomp)
+        assert config.security_context.run_as_non_root and config.security_context.run_as_user == 1000, name
+        # every step but the exit handler gets the S3 credentials from the secret
+        if name != "exec-cleanup-jobs":
+            assert "mlpipeline-minio-artifact" in [s.secret_name for s in config.secret_as_env], name
+    assert not configs["exec-cleanup-jobs"].secret_as_env, "the cleanup step needs no S3 keys"
 
 
 def _tasks(pipeline_doc) -> dict:
@@ -94,29 +108,75 @@ def _tasks(pipeline_doc) -> dict:
 
 
 def test_dag_shape_caching_retries_and_gpus(docs):
+    from components import settings
+
     pipeline_doc, _ = docs
     tasks = _tasks(pipeline_doc)
-    assert {"check-params", "build-dataset", "train", "train-pytorchjob", "evaluate", "evaluate-2",
-            "export-submission", "export-submission-2"} <= set(tasks)
+    assert {"check-params", "build-dataset", "train", "train-job", "evaluate", "evaluate-2",
+            "export-submission", "export-submission-2", "cleanup-jobs"} <= set(tasks)
     assert tasks["build-dataset"]["dependentTasks"] == ["check-params"]
     assert tasks["evaluate"]["dependentTasks"] == ["train"]
     assert tasks["export-submission"]["dependentTasks"] == ["evaluate", "train"]
-    assert tasks["evaluate-2"]["dependentTasks"] == ["train-pytorchjob"]
+    assert tasks["evaluate-2"]["dependentTasks"] == ["train-job"]
+    # the exit handler: cleanup-jobs runs after everything else, however it ended, with the final status
+    root = pipeline_doc["root"]["dag"]["tasks"]
+    assert set(root) == {"cleanup-jobs", "exit-handler-1"}
+    assert root["cleanup-jobs"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert root["cleanup-jobs"]["dependentTasks"] == ["exit-handler-1"]
+    inputs = root["cleanup-jobs"]["inputs"]["parameters"]
+    assert inputs["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert "taskFinalStatus" in inputs["status"]
     # caching only on the dataset step
     cached = sorted(n for n, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache"))
     assert cached == ["build-dataset"]
-    # retries on both trainers and nowhere else
-    retried = sorted(n for n, t in tasks.items() if t.get("retryPolicy", {}).get("maxRetryCount"))
-    assert retried == ["train", "train-pytorchjob"]
-    # the two branches switch on trainer_backend
-    conditions = [t["triggerPolicy"]["condition"] for t in tasks.values() if "triggerPolicy" in t]
-    assert any("'local'" in c for c in conditions) and any("!" in c for c in conditions)
+    # retries on both trainers and nowhere else; the retry window spans a whole training (not KFP's 3600 s)
+    retried = {n: t["retryPolicy"] for n, t in tasks.items() if t.get("retryPolicy", {}).get("maxRetryCount")}
+    assert sorted(retried) == ["train", "train-job"]
+    for policy in retried.values():
+        assert policy["backoffMaxDuration"] == f"{settings.LAUNCHER_TIMEOUT}s"
+        assert policy["maxRetryCount"] == settings.TRAIN_RETRIES
+    # the two branches switch on the backend check-params resolved (auto -> trainjob | pytorchjob | local)
+    conditions = [t["triggerPolicy"]["condition"] for t in tasks.values() if "condition" in t.get("triggerPolicy", {})]
+    assert conditions and all("check-params-backend" in c for c in conditions)
+    assert any("'local'" in c and not c.startswith("!") for c in conditions) and any(c.startswith("!")
+                                                                                     for c in conditions)
+    assert tasks["train-job"]["inputs"]["parameters"]["backend"] == {
+        "componentInputParameter": "pipelinechannel--check-params-backend"}
     # accelerators: the in-pod trainer asks for nproc_per_node GPUs of gpu_type, evaluation for one
     executors = pipeline_doc["deploymentSpec"]["executors"]
     train_acc = executors["exec-train"]["container"]["resources"]["accelerator"]
     assert "gpu_type" in str(train_acc) and "nproc_per_node" in str(train_acc)
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["count"] == "1"
-    assert "resources" not in executors["exec-train-pytorchjob"]["container"], "the launcher pod needs no GPU"
+    assert "accelerator" not in executors["exec-train-job"]["container"]["resources"], "the launcher needs no GPU"
+    # the train step also outputs the training curves (HTML) beside Model and Metrics
+    train_outputs = pipeline_doc["components"]["comp-train-job"]["outputDefinitions"]["artifacts"]
+    assert train_outputs["curves"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert set(train_outputs) == {"model", "metrics", "curves"}
+
+
+def test_every_executor_requests_cpu_and_memory(docs):
+    from components import settings
+
+    pipeline_doc, _ = docs
+    executors = pipeline_doc["deploymentSpec"]["executors"]
+    assert len(executors) == 9
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        step = name[len("exec-"):].removesuffix("-2")
+        cpu, memory, limit = settings.STEP_RESOURCES[step]
+        assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"],
+                resources["resourceMemoryLimit"]) == (cpu, memory, limit), name
+
+
+def test_one_parameter_picks_the_image_of_every_gpu_step(docs):
+    pipeline_doc, _ = docs
+    executors = pipeline_doc["deploymentSpec"]["executors"]
+    images = {name: e["container"]["image"] for name, e in executors.items()}
+    for name in ("exec-train", "exec-evaluate", "exec-evaluate-2"):
+        assert images[name] == "{{$.inputs.parameters['pipelinechannel--trainer_image']}}", name
+    # the launcher runs the steps image and hands trainer_image to the job's pods
+    assert "trainer_image" in pipeline_doc["components"]["comp-train-job"]["inputDefinitions"]["parameters"]
+    assert images["exec-train-job"] == images["exec-check-params"]
 
 
 def test_images_come_from_one_setting(tmp_path):
@@ -125,8 +185,7 @@ def test_images_come_from_one_setting(tmp_path):
     doc = next(yaml.safe_load_all(text))
     images = {name: e["container"]["image"] for name, e in doc["deploymentSpec"]["executors"].items()}
     assert images["exec-check-params"] == images["exec-build-dataset"] == "reg.example/steps:abc"
-    assert images["exec-train-pytorchjob"] == images["exec-export-submission"] == "reg.example/steps:abc"
-    assert images["exec-train"] == images["exec-evaluate"] == "reg.example/trainer:def"
+    assert images["exec-train-job"] == images["exec-export-submission"] == "reg.example/steps:abc"
     assert doc["root"]["inputDefinitions"]["parameters"]["trainer_image"]["defaultValue"] == "reg.example/trainer:def"
     assert "ghcr.io" not in text
 
@@ -141,6 +200,9 @@ def test_no_credentials_in_compiled_yaml(compiled, docs):
     risky = [n for n in names if any(w in n.lower() for w in ("secret", "password", "token", "access_key",
                                                                  "api_key", "credential"))]
     assert risky == [], f"credential-like parameters: {risky}"
+    defaults = pipeline_doc["root"]["inputDefinitions"]["parameters"]
+    assert defaults["s3_endpoint"]["defaultValue"] == "http://seaweedfs.kubeflow:9000"
+    assert defaults["trainer_backend"]["defaultValue"] == "auto"
 
 
 def test_params_parse_and_reject():
@@ -160,33 +222,47 @@ def test_params_parse_and_reject():
         parse_params(["epochs"])
 
 
-def test_submit_compiles_and_starts_a_run(monkeypatch):
-    """`trm pipeline submit` against a recording stand-in for kfp.Client (no KFP server runs here)."""
+def _kfp_client():
+    """A stand-in for kfp.Client with kfp's own signatures (create_autospec): a wrong call raises TypeError."""
+    from unittest import mock
+
+    import kfp
+
+    client = mock.create_autospec(kfp.Client, instance=True)
+    client.get_pipeline_id.return_value = None
+    client.create_run_from_pipeline_package.return_value = mock.Mock(run_id="run-123")
+    return client
+
+
+def test_submit_compiles_and_starts_a_run():
+    """`trm pipeline submit` against an autospec of kfp.Client (no KFP server runs here)."""
     from pipeline import submit
 
-    calls = []
-
-    class RecordingClient:
-        def get_pipeline_id(self, name):
-            return None
-
-        def upload_pipeline(self, path, pipeline_name):
-            calls.append(("upload", pipeline_name, Path(path).read_text()[:200]))
-
-        def create_run_from_pipeline_package(self, path, arguments, run_name, experiment_name, namespace):
-            spec = next(yaml.safe_load_all(Path(path).read_text()))
-            calls.append(("run", arguments, run_name, experiment_name, spec["pipelineInfo"]["name"]))
-
-            class Result:
-                run_id = "run-123"
-
-            return Result()
-
+    client = _kfp_client()
     run_id = submit.submit("http://kfp.invalid", {"num_aug": 10}, "exp1", run_name="r1", upload="trm",
-                           client=RecordingClient())
+                           namespace="team-a", client=client)
     assert run_id == "run-123"
-    assert calls[0][:2] == ("upload", "trm")
-    assert calls[1] == ("run", {"num_aug": 10}, "r1", "exp1", "trm-arc-agi")
+    client.get_pipeline_id.assert_called_once_with("trm")
+    (package,), kwargs = client.upload_pipeline.call_args
+    assert kwargs == {"pipeline_name": "trm"} and package.endswith("pipeline.yaml")
+    _, kwargs = client.create_run_from_pipeline_package.call_args
+    assert kwargs == {"arguments": {"num_aug": 10}, "run_name": "r1", "experiment_name": "exp1",
+                      "namespace": "team-a"}
+    # an existing pipeline gets a new version instead
+    client = _kfp_client()
+    client.get_pipeline_id.return_value = "pid-7"
+    submit.submit("http://kfp.invalid", {}, "exp1", run_name="r2", upload="trm", client=client)
+    _, kwargs = client.upload_pipeline_version.call_args
+    assert kwargs == {"pipeline_version_name": "r2", "pipeline_id": "pid-7"}
+    client.upload_pipeline.assert_not_called()
+
+
+def test_the_client_stand_in_enforces_kfp_signatures():
+    client = _kfp_client()
+    with pytest.raises(TypeError):
+        client.create_run_from_pipeline_package("p.yaml", params={"a": 1})  # kfp calls it `arguments`
+    with pytest.raises(AttributeError):
+        client.upload_pipeline_from_package("p.yaml")  # no such method on kfp.Client
 
 
 def test_cli_dispatch(tmp_path, capsys):
