@@ -82,6 +82,15 @@ def test_check_params_returns_run_root_and_records_params(s3_env, source):
     assert s3_env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(recorded)
 
 
+def test_check_params_auto_outside_a_cluster_is_local(s3_env, source, capsys):
+    """kfp.local (no Kubernetes API): `auto` resolves to the in-pod trainer, and says so."""
+    from components.check import check_params
+
+    out = check_params.python_func(**check_args(source, trainer_backend="auto", run_id="auto-local"))
+    assert out.backend == "local"
+    assert "trainer_backend auto: no Kubernetes API here" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("change, message", [
     ({"subsets": ["training2", "nosuchsubset", "evaluation2"]}, "nosuchsubset"),
     ({"input_prefix": "/nonexistent/arc"}, "input_prefix"),

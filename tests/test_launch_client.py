@@ -231,7 +231,7 @@ def test_unreachable_api_while_following_ends_the_step_and_cleanup_never_masks_i
             fake.dark = True
 
         threading.Thread(target=go_dark, daemon=True).start()
-        result, out = _run(fake, cfg=_config(run_id="run-7"), api_retry=0.5, timeout=None)
+        result, out = _run(fake, cfg=_config(run_id="run-7"), api_retry=0.5, timeout=30)
         assert result.state == "Unreachable" and result.exit_code == 69
         assert "did not answer" in result.message and fake.host.split("//")[1] in result.message
         assert result.cleanup_error and not result.deleted  # reported ...
@@ -266,7 +266,9 @@ def test_job_deleted_behind_the_launchers_back():
 
 
 def test_a_watch_event_wakes_the_loop_and_a_dropped_watch_is_reopened():
-    """Polls 30 s apart: only the watch (re-opened after being dropped) can deliver Succeeded within the 20 s."""
+    """Polls 30 s apart and a cancel 5 s after the job succeeds: only the watch (re-opened after being dropped)
+    can deliver Succeeded before the cancel; by polling alone the step would end Cancelled."""
+    cancel = threading.Event()
     with FakeKubernetes(["Running"]) as fake:
         fake.drop_watches = 1
 
@@ -276,9 +278,11 @@ def test_a_watch_event_wakes_the_loop_and_a_dropped_watch_is_reopened():
                 time.sleep(0.05)
             time.sleep(0.2)
             fake.set_state("trm", "trm-fake", "Succeeded")
+            time.sleep(5)
+            cancel.set()
 
         threading.Thread(target=finish, daemon=True).start()
-        result, out = _run(fake, poll_interval=30, timeout=20, logs=False)
+        result, out = _run(fake, poll_interval=30, timeout=None, logs=False, cancel=cancel)
     assert result.state == "Succeeded", out
     assert fake.watch_opens >= 2 and "watch on TrainJob trm/trm-fake dropped" in out
     assert _left(fake) == []

@@ -171,7 +171,7 @@ def test_torchrun_reads_the_rendezvous_from_the_operator_env(monkeypatch, case):
             assert args.nnodes == str(cfg.nnodes)
             assert str(args.nproc_per_node) == str(cfg.procs_per_node)
             assert args.master_addr == f"{cfg.name}-master-0" and int(args.master_port) == 23456
-            assert args.rdzv_backend == "static"
+            assert args.rdzv_backend == "static" and not args.standalone
             ranks.append(int(args.node_rank))
             assert args.training_script_args == cfg.trainer_words()
     assert sorted(ranks) == list(range(cfg.nnodes))

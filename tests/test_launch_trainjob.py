@@ -179,7 +179,7 @@ def test_torchrun_reads_the_rendezvous_from_the_trainers_env(monkeypatch, case):
         assert args.module and args.training_script == "trm.train"
         assert args.nnodes == str(cfg.nnodes) and str(args.nproc_per_node) == str(cfg.procs_per_node)
         assert args.master_addr == f"{cfg.name}-node-0-0.{cfg.name}" and int(args.master_port) == MASTER_PORT
-        assert args.rdzv_backend == "static"
+        assert args.rdzv_backend == "static" and not args.standalone  # one world across the nodes
         assert args.training_script_args == cfg.trainer_words()
         ranks.append(int(args.node_rank))
     assert ranks == list(range(cfg.nnodes))
