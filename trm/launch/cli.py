@@ -190,6 +190,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     result = client.run_job(config, args.kind, api_client=api_client, timeout=args.timeout,
                             poll_interval=args.poll, api_retry=args.api_retry, logs=not args.no_logs, keep=args.keep)
+    if not result.ok:  # the log went to stdout; the outcome in one sentence on stderr
+        print(f"trm launch: {result.kind} {result.namespace}/{result.name} ended {result.state}"
+              + (f": {redact(result.message)}" if result.message else ""), file=sys.stderr)
     return result.exit_code
 
 
