@@ -91,10 +91,10 @@ def _logged_steps(run: Path) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path) -> str:
+def tiny(fixtures_dir: Path, missing) -> str:
     path = fixtures_dir / "tiny_dataset"
     if not (path / "train" / "dataset.json").is_file():
-        pytest.fail(f"tiny dataset not found at {path}")
+        missing(f"tiny dataset not found at {path}")
     return str(path)
 
 
@@ -226,7 +226,7 @@ def _same_rng(got: dict, want: dict) -> None:
 
 def test_save_then_restore_gives_back_the_whole_training_state(tiny, init, tmp_path):
     """Trainer A trains 7 steps (an evaluation after epoch 1, then 2 batches into epoch 2) and saves; trainer B,
-    built afresh with the same config after the global RNGs were scrambled, restores that checkpoint. Model,
+    built afresh with the same config, restores that checkpoint after the global RNGs were reseeded. Model,
     EMA shadow, both optimisers, the global and ACT RNG states, loader position, evaluated epoch and step are
     equal; then both take the same next step, which must agree bit for bit (ACT carries included)."""
     from trm.config import load_config
@@ -239,10 +239,10 @@ def test_save_then_restore_gives_back_the_whole_training_state(tiny, init, tmp_p
     assert a.step == ROUND_TRIP_STEP and a.evaluated_through_epoch >= 1
     assert a.ema is not None and a.sparse is not None
 
-    torch.manual_seed(1234)
+    b = Trainer(load_config(cfg_words), Dist())
+    torch.manual_seed(1234)  # whatever the global RNGs hold now, restore() must bring back the saved states
     np.random.seed(1234)
     random.seed(1234)
-    b = Trainer(load_config(cfg_words), Dist())
     assert b.restore() == ROUND_TRIP_STEP
     _same_rng(_global_rng(), want_rng)
     assert torch.equal(b.generator.get_state(), a.generator.get_state()), "ACT generator state not restored"
