@@ -1,4 +1,11 @@
-"""Shared fixtures: the read-only ../shared folder and a real S3 server (weed mini) on loopback."""
+"""Shared fixtures: the read-only ../shared folder and a real S3 server (weed mini) on loopback.
+
+Outside CI a test that needs ../shared (or Chromium, in tests/test_report.py) skips with a clear message. With the
+environment variable CI set (to anything but "", "0" or "false"), as CI services do, a missing ../shared or a
+missing Chromium is an ERROR instead, so a CI run cannot turn green by skipping:
+
+    CI=true .venv/bin/python -m pytest -q
+"""
 
 from __future__ import annotations
 
@@ -11,11 +18,42 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TRM_SHARED_DIR", ROOT.parent / "shared"))
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """pytest.skip(reason), except under CI, where what is missing is an error (pytest.fail)."""
+    if in_ci():
+        pytest.fail(f"CI is set, so this is an error, not a skip: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def missing():
+    """The fixture form of skip_or_fail, for test files: `missing("chromium not installed")`."""
+    return skip_or_fail
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, a skip whose reason names a path inside ../shared (e.g. a CRD or dataset a test file looks up
+    itself) is reported as a failure, like the fixtures below do."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci() and isinstance(report.longrepr, tuple)):
+        return
+    reason = str(report.longrepr[2])
+    if str(SHARED) in reason or "../shared" in reason:
+        report.outcome = "failed"
+        report.longrepr = f"CI is set, so this is an error, not a skip: {reason}"
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """../shared beside the checkout (TRM_SHARED_DIR overrides); tests that need it skip without it."""
+    """../shared beside the checkout (TRM_SHARED_DIR overrides); tests that need it skip without it (error in CI)."""
     if not SHARED.is_dir():
-        pytest.skip(f"../shared not found at {SHARED}: the reference fixtures and ARC files live there")
+        skip_or_fail(f"../shared not found at {SHARED}: the reference fixtures and ARC files live there")
     return SHARED
 
 
@@ -23,7 +61,7 @@ def shared_dir() -> Path:
 def fixtures_dir(shared_dir: Path) -> Path:
     path = shared_dir / "reference-fixtures"
     if not path.is_dir():
-        pytest.skip(f"reference fixtures not found at {path}")
+        skip_or_fail(f"reference fixtures not found at {path}")
     return path
 
 
@@ -31,7 +69,7 @@ def fixtures_dir(shared_dir: Path) -> Path:
 def arc_dir(shared_dir: Path) -> Path:
     path = shared_dir / "arc-agi"
     if not path.is_dir():
-        pytest.skip(f"ARC task files not found at {path}")
+        skip_or_fail(f"ARC task files not found at {path}")
     return path
 
 

@@ -1,14 +1,17 @@
 """Parity of trm.model with the reference outputs in ../shared/reference-fixtures, and init statistics.
 
     .venv/bin/python -m pytest -q tests/test_model_parity.py
+    TRM_REFERENCE_DIR=../TinyRecursiveModels .venv/bin/python -m pytest -q tests/test_model_parity.py  # + the reference
     TRM_TEST_DEVICE=cuda .venv/bin/python -m pytest -q tests/test_model_parity.py    # on a GPU machine
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,45 +134,91 @@ def test_trunc_normal_has_requested_std():
     assert torch.count_nonzero(trunc_normal_(torch.empty(10), std=0.0)) == 0
 
 
-def test_training_mode_matches_reference_code(fixtures_dir):
-    """Optional: with TRM_REFERENCE_DIR (a checkout of the reference code), training-mode ACT steps (halting
-    with exploration from the global RNG, losses) and first-step gradients equal the reference's."""
-    import importlib.util
-    from pathlib import Path
+# ----------------------------------------------------------------------------------------------- training mode
+# Numbers recorded from the reference code by bench/make_training_fixture.py (its docstring has the command):
+# 8 training-mode ACT steps with halting from Q and exploration (global RNG), new batch rows every step, and the
+# gradients of every step. CI compares our model with them; no reference code is needed.
+TRAINING_FIXTURE = Path(__file__).parent / "fixtures" / "reference_training_mode.pt"
 
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_training_fixture",
+                                                  Path(__file__).parents[1] / "bench" / "make_training_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compare_traces(got: dict, want: dict, where: str) -> None:
+    """Halting exactly; losses to 1e-6 relative; logits, metrics and gradients to float32 noise."""
+    assert got["names"] and sorted(got["names"]) == sorted(want["names"]), where
+    index = {n: i for i, n in enumerate(got["names"])}
+    order = [index[n] for n in want["names"]]
+    assert len(got["steps"]) == len(want["steps"])
+    for k, (g, w) in enumerate(zip(got["steps"], want["steps"])):
+        at = f"{where} step {k + 1}"
+        assert g["halted"].tolist() == w["halted"].tolist(), f"{at}: halted {g['halted'].tolist()} vs {w['halted'].tolist()}"
+        assert g["act_steps"].tolist() == w["act_steps"].tolist(), f"{at}: ACT steps"
+        assert torch.equal(g["local_ids"], w["local_ids"]), f"{at}: puzzle identifiers in the carry"
+        assert abs(g["loss"].item() / w["loss"].item() - 1) < 1e-6, f"{at}: loss {g['loss'].item()} vs {w['loss'].item()}"
+        assert set(g["metrics"]) == set(w["metrics"]), at
+        for key, value in w["metrics"].items():
+            if key in INT_METRICS:
+                assert torch.equal(g["metrics"][key], value), f"{at} metric {key}: {g['metrics'][key]} vs {value}"
+            else:
+                torch.testing.assert_close(g["metrics"][key], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{at} {key}: {m}")
+        for key in ("q_halt_logits", "q_continue_logits"):
+            torch.testing.assert_close(g[key], w[key], rtol=0, atol=1e-4, msg=lambda m: f"{at} {key}: {m}")
+        assert torch.equal(g["preds"], w["preds"]), f"{at}: preds"
+        scale = w["local_grad"].abs().max().item()
+        torch.testing.assert_close(g["local_grad"], w["local_grad"], rtol=1e-4, atol=1e-5 * scale,
+                                   msg=lambda m: f"{at} puzzle-embedding gradient: {m}")
+        diff = (g["projections"][order] - w["projections"]).abs()
+        bound = 1e-4 * w["scales"] + 1e-12
+        bad = [want["names"][i] for i in torch.nonzero((diff > bound).any(dim=1)).flatten().tolist()]
+        assert not bad, f"{at}: gradients differ for {bad}"
+    if "grad_sum" in want:
+        for name, value in want["grad_sum"].items():
+            torch.testing.assert_close(got["grad_sum"][name], value, rtol=1e-4, atol=1e-5 * value.abs().max().item(),
+                                       msg=lambda m: f"{where} gradient of {name} summed over the steps: {m}")
+
+
+def _recorded() -> dict:
+    if not TRAINING_FIXTURE.is_file():
+        raise FileNotFoundError(f"{TRAINING_FIXTURE} is missing (bench/make_training_fixture.py writes it)")
+    return torch.load(TRAINING_FIXTURE, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("scenario", ["q_halt", "exploration"])
+def test_training_mode_matches_reference_fixture(fixtures_dir, scenario):
+    """Our model, run through the generator's own trace() on the same weights, batches and seeds, reproduces the
+    reference's halting decisions, losses, metrics, logits and per-step gradients."""
+    gen = _generator()
+    recorded = _recorded()
+    want = recorded["scenarios"][scenario]
+    cfg = _fixture_config(fixtures_dir).replace(halt_exploration_prob=recorded["halt_exploration_prob"])
+    assert cfg.halt_max_steps >= 3 and cfg.no_ACT_continue
+    ours = LossHead(TRM(cfg))
+    ours.load_state_dict(_load(fixtures_dir, "trm_tiny_state_dict.pt"), strict=True)
+    with torch.no_grad():
+        ours.model.inner.q_head.bias[0] = want["halt_bias"]
+    orders, ids, batches = gen.step_batches(_load(fixtures_dir, "trm_tiny_batch.pt"), cfg.num_puzzle_identifiers)
+    assert torch.equal(orders, recorded["orders"]) and torch.equal(ids, recorded["identifiers"])
+    halted = torch.stack([s["halted"] for s in want["steps"]])
+    assert halted.any() and (~halted).any() and len(want["steps"]) >= 8  # rows halt and rows go on
+    got = gen.trace(ours, batches, want["seed"], keep_grads="grad_sum" in want)
+    _compare_traces(got, want, scenario)
+
+
+def test_reference_code_reproduces_the_fixture(fixtures_dir):
+    """Optional: with TRM_REFERENCE_DIR (a checkout of the reference TinyRecursiveModels code, with pydantic and
+    einops installed), the generator run on the reference now gives the committed numbers."""
     ref_dir = os.environ.get("TRM_REFERENCE_DIR")
     if not ref_dir:
         pytest.skip("TRM_REFERENCE_DIR not set (a checkout of the reference TinyRecursiveModels code)")
-    spec = importlib.util.spec_from_file_location("bench_step", Path(__file__).parents[1] / "bench" / "bench_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    cfg = _fixture_config(fixtures_dir).replace(halt_exploration_prob=0.5)
-    ours = LossHead(TRM(cfg))
-    ours.load_state_dict(_load(fixtures_dir, "trm_tiny_state_dict.pt"))
-    ref = bench.build_reference(Path(ref_dir), cfg, ours, torch.device("cpu"))
-    batch = {k: v for k, v in _load(fixtures_dir, "trm_tiny_batch.pt").items() if k != "labels_raw"}
-    with torch.no_grad():
-        for m in (ours, ref):
-            m.model.inner.q_head.bias.fill_(3.0)  # q_halt > 0, so exploration decides who halts
-    traces = []
-    for m in (ours, ref):
-        m.train()
-        torch.manual_seed(123)
-        carry, trace = m.initial_carry(batch), []
-        for _ in range(6):
-            carry, loss, _, _, _ = m(carry=carry, batch=batch, return_keys=[])
-            trace.append((carry.halted.tolist(), carry.steps.tolist(), loss.item()))
-        traces.append(trace)
-    for (h1, s1, l1), (h2, s2, l2) in zip(*traces):
-        assert (h1, s1) == (h2, s2)
-        assert abs(l1 / l2 - 1) < 1e-6
-    for m in (ours, ref):
-        m.zero_grad()
-        torch.manual_seed(0)
-        _, loss, *_ = m(carry=m.initial_carry(batch), batch=batch, return_keys=[])
-        loss.backward()
-    theirs = dict(ref.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-4, atol=1e-5 * theirs[name].grad.abs().max().item())
-    torch.testing.assert_close(ours.model.puzzle_emb.local_weights.grad, ref.model.puzzle_emb.local_weights.grad,
-                               rtol=1e-4, atol=1e-5)
+    recorded = _recorded()
+    fresh = _generator().generate(Path(ref_dir).resolve(), fixtures_dir)
+    assert torch.equal(fresh["orders"], recorded["orders"])
+    for name, want in recorded["scenarios"].items():
+        assert fresh["scenarios"][name]["halt_bias"] == want["halt_bias"], name
+        _compare_traces(fresh["scenarios"][name], want, f"reference {name}")

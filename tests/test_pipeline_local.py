@@ -89,11 +89,15 @@ def test_unreachable_s3_fails_the_first_step(s3_server, tmp_path):
     assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in done.stdout
 
 
+# what trm.storage.store logs (WARNING, to stderr) before each retry of a failed S3 call
+RETRY_LINE = re.compile(r"\); retry \d+ in \d+\.\ds")  # "S3 <what> failed (<reason>); retry <n> in <s>s"
+
+
 def test_pipeline_survives_an_s3_restart_during_training(s3_server, s3_env, tmp_path):
-    """The S3 server is killed (SIGKILL) and restarted as the train step starts reading the dataset: the storage
-    retries, the run completes, and the submission in the bucket is whole and valid."""
+    """The S3 server is killed (SIGKILL) as the train step launches the trainer and stays down until the train
+    step has logged a failed S3 call and its retry; then it starts again on the same ports with the same data.
+    The retried call succeeds, the run completes, and the submission in the bucket is whole and valid."""
     import threading
-    import time
 
     from components.runtime import read_json
     from trm.evaluation.submission import validate
@@ -101,22 +105,32 @@ def test_pipeline_survives_an_s3_restart_during_training(s3_server, s3_env, tmp_
     env = {**os.environ, **s3_server.env(), "TRM_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.local", *TINY, "--run-id", "restart"], cwd=ROOT,
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    watchdog = threading.Timer(420, proc.kill)
+    watchdog.start()
     lines: list[str] = []
-    restarted = threading.Event()
+    state = "before"  # -> "down" (killed at the trainer's launch) -> "up" (started again after a retry)
     try:
         for line in proc.stdout:
             lines.append(line)
-            if not restarted.is_set() and "[trm] running:" in line and "trm.train" in line:
-                time.sleep(1.0)
-                s3_server.restart(kill=True)
-                restarted.set()
-        proc.wait(timeout=420)
+            if state == "before" and "[trm] running:" in line and "trm.train" in line:
+                s3_server.stop(kill=True)
+                state = "down"
+            elif state == "down" and RETRY_LINE.search(line):
+                s3_server.start()
+                state = "up"
+        proc.wait(timeout=60)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
+        if not s3_server.running():  # the server is shared by the whole session
+            s3_server.start()
     log = "".join(lines)
-    assert restarted.is_set(), log[-3000:]
+    assert state != "before", "the train step never launched the trainer:\n" + log[-3000:]
+    assert state == "up", "no S3 call was retried while the server was down:\n" + log[-6000:]
     assert proc.returncode == 0, log[-6000:]
+    train = log[log.index("[trm] running:"):log.index("Task \x1b[96m'train'\x1b[0m finished")]
+    assert RETRY_LINE.search(train), "the retry was not the train step's"
     root = "s3://trm/runs/local/restart"
     entries = read_json(f"{root}/submission.json")
     assert validate(entries, read_json(f"{root}/dataset/test_puzzles.json")) == []
