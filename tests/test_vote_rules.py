@@ -10,7 +10,7 @@ import pytest
 
 from trm.data.augment import inverse_dihedral, parse_variant_name
 from trm.evaluation import rules
-from trm.evaluation.vote import Voter, main as vote_main
+from trm.evaluation.vote import Voter, crop_sizes, main as vote_main
 
 FORWARD = {  # spec dihedral ids on a 2-D grid, written independently of the code under test
     0: lambda a: a, 1: lambda a: np.rot90(a, 1), 2: lambda a: np.rot90(a, 2), 3: lambda a: np.rot90(a, 3),
@@ -178,6 +178,20 @@ def test_voter_matches_a_plain_implementation_of_the_spec(seed, with_positions):
     assert res.metrics["ARC/unmatched_predictions"] > 0 and res.metrics["ARC/empty_crops"] > 0
     assert any(puzzle["test"][1]["input"] == puzzle["test"][2]["input"] for puzzle in puzzles.values()
                if len(puzzle["test"]) == 3)  # the case has identical test inputs
+
+
+def test_crop_ties_keep_the_fewest_rows():
+    """Rows of widths 4, 4, 2, 2: the 2 x 4 and the 4 x 2 rectangles have the same area; the first one wins."""
+    row = np.zeros((30, 30), np.uint8)
+    row[:2, :4] = 3
+    row[2:4, :2] = 5
+    row[:4, 4], row[2:4, 2] = 1, 1
+    assert [int(x[0]) for x in crop_sizes(row.reshape(1, -1))] == [2, 4] and crop(row.reshape(-1)).shape == (2, 4)
+    ids = np.array([1])
+    voter = Voter({"t": {"train": [], "test": [{"input": [[1]], "output": [[1, 1, 1, 1], [1, 1, 1, 1]]}]}},
+                  ["<blank>", "t"])
+    voter.add(ids, tokens([[1]])[None], row.reshape(1, -1), np.zeros(1))
+    assert voter.result().submission["t"][0]["attempt_1"] == [[1, 1, 1, 1], [1, 1, 1, 1]]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
