@@ -124,6 +124,8 @@ def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.n
     index of that corner moves the grid back to the top-left.
     """
     n = len(canvases)
+    if not n:
+        return canvases, h, w
     order = np.argsort(tids, kind="stable")
     spread = np.zeros((n, 2 * SEQ_LEN + 4), dtype=np.uint8)  # sorted by transform: field, then zeros
     corner = np.zeros(n, dtype=np.int64)

@@ -237,10 +237,8 @@ class Voter:
         found = (h > 0) & (self._shown_group[entry] == group) & (self._shown[entry, 0] == k1) \
             & (self._shown[entry, 1] == k2)
         slots = np.where(found, entry // 8, -1)
-        for r in np.flatnonzero(found).tolist() if self._identical else ():
-            same = self._identical.get(int(slots[r]))
-            if same is None:
-                continue
+        for r in np.flatnonzero(np.isin(slots, list(self._identical))).tolist():
+            same = self._identical[int(slots[r])]
             chosen = [s for s in same if positions is not None and self.slot_test[s] == int(positions[r])]
             if not chosen:  # by feeding order: the k-th such row of this identifier goes to the (k mod m)-th
                 key = (int(ids[r]), same[0])

@@ -30,9 +30,7 @@ __all__ = ["DIHEDRAL_INVERSE", "GRID", "OUTPUT_KEYS", "PASS_KS", "SEQ_LEN", "Can
            "main", "parse_variant", "save_outputs", "write_results"]
 
 
-def parse_variant(name: str):
-    """`task|||t<tid>|||<10 digits>` -> (task, tid, mapping) with mapping[original colour] = variant colour."""
-    return parse_variant_name(name)
+parse_variant = parse_variant_name  # (task, tid, mapping) of a variant name; the earlier name
 
 
 def _parse_names(names: list[str]):
