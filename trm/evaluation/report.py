@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trm.evaluation.files import load_dataset_files
+from trm.evaluation.rules import VoteResult
+
 # ARC colours 0..9
 PALETTE: tuple[str, ...] = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
                             "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
@@ -66,14 +69,15 @@ def _fmt(value) -> str:
 
 
 def render_html(result, test_puzzles: dict, title: str = "TRM evaluation") -> str:
-    """The whole report as one string (a VoteResult from trm.evaluation.vote)."""
+    """The whole report as one string (a VoteResult from trm.evaluation.rules); every text taken from the result
+    or the puzzles (metric names and values, task ids) is HTML-escaped."""
     pass_keys = [k for k in result.metrics if "/pass@" in k]
     ks = [int(k.split("@")[1]) for k in pass_keys]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     out.append('<table class="sum"><tr><th>metric</th><th>value</th></tr>')
     for key, value in result.metrics.items():
-        out.append(f'<tr><td class="l">{html.escape(key)}</td><td>{_fmt(value)}</td></tr>')
+        out.append(f'<tr><td class="l">{html.escape(key)}</td><td>{html.escape(_fmt(value))}</td></tr>')
     out.append("</table>")
     # per-task summary table
     head = "".join(f"<th>pass@{k}</th>" for k in ks)
@@ -137,8 +141,6 @@ def render_summary(result, title: str = "TRM evaluation") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Re-render report.html/summary.md from a finished vote folder (submission.json + metrics.json)."""
-    from trm.evaluation.vote import VoteResult, load_dataset_files
-
     parser = argparse.ArgumentParser(prog="python -m trm.evaluation.report")
     parser.add_argument("--vote-dir", required=True, help="folder with submission.json and metrics.json")
     parser.add_argument("--data", required=True, help="dataset folder (for test inputs and truths)")

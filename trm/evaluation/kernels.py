@@ -1,0 +1,170 @@
+"""The voter's numpy kernels: variant names, crops, colours, dihedral transforms and grid hashes, many rows at once.
+
+    tasks, tids, mappings = parse_names(["007bbfb7", "007bbfb7|||t3|||0712459368"])
+    h, w = crop_sizes(tokens)                       # [n, 900] raw tokens -> crop heights and widths
+    fields = recolour(tokens, h, w, luts)           # the crops, colours looked up per row, as canvases
+    canvases, h, w = undo_dihedral(fields, h, w, tids)  # transform `tid` undone, grids back at the top-left
+    key1, key2 = grid_hashes(canvases)              # two 64-bit hashes per canvas
+
+trm.evaluation.rules says what they are used for. A canvas holds one grid at the top-left of a 30x30 field,
+colour + 1 inside and 0 outside, flattened and padded with zeros to PADDED bytes (113 words of 8 bytes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from trm.data.augment import parse_variant_name
+
+GRID = 30
+SEQ_LEN = GRID * GRID
+PADDED = SEQ_LEN + 4
+SEPARATOR = "|||"
+DIHEDRAL_INVERSE: tuple[int, ...] = (0, 3, 2, 1, 4, 5, 6, 7)
+_ROWS = np.arange(GRID)
+# _OUTSIDE[h * 31 + w]: 0 on the cells of the top-left h x w rectangle of the field, 255 elsewhere (and after it)
+_OUTSIDE = np.full(((GRID + 1) ** 2, PADDED), 255, dtype=np.uint8)
+_OUTSIDE[:, :SEQ_LEN] = np.where((_ROWS[None, None, :, None] < np.arange(GRID + 1)[:, None, None, None])
+                                 & (_ROWS[None, None, None, :] < np.arange(GRID + 1)[None, :, None, None]),
+                                 0, 255).reshape(-1, SEQ_LEN)
+_GROUP = 25  # rows sharing one 256-byte colour table in recolour()
+_CODE_SHIFT = ((10 * np.arange(_GROUP) - 2) % 256).astype(np.uint8)
+
+
+def parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Variant names `<task>|||t<tid>|||<10 digits>` (or a plain task name) -> (task per name, tids [m] int8,
+    mappings [m, 10] uint8 with mapping[original colour] = variant colour); ValueError naming a bad name."""
+    tasks, tails = [], []
+    for name in names:
+        task, sep, tail = name.partition(SEPARATOR)
+        tasks.append(task)
+        tails.append(tail if sep else "t0|||0123456789")
+    ok = np.fromiter(map(len, tails), dtype=np.int64, count=len(tails)) == 15
+    joined = "".join(tails) if ok.all() else "".join(tail[:15].ljust(15) for tail in tails)
+    raw = np.frombuffer(joined.encode("ascii", "replace"), dtype=np.uint8).reshape(-1, 15)
+    digits = raw[:, 5:] - np.uint8(ord("0"))
+    ok &= (raw[:, 0] == ord("t")) & (raw[:, 1] >= ord("0")) & (raw[:, 1] <= ord("7")) & (raw[:, 2:5] == ord("|")).all(1)
+    ok &= (np.sort(digits, axis=1) == np.arange(10, dtype=np.uint8)).all(1)  # each digit once
+    if not ok.all():
+        bad = names[int(np.argmin(ok))]
+        parse_variant_name(bad)  # raises with the data module's message
+        raise ValueError(f"identifier {bad!r}: expected '<task>{SEPARATOR}t<0-7>{SEPARATOR}<10 digits>'")
+    return tasks, (raw[:, 1] - ord("0")).astype(np.int8), digits
+
+
+def dihedral(stack: np.ndarray, tid: int) -> np.ndarray:
+    """Dihedral transform `tid` (ids as in trm.data.augment) of every grid of a [n, h, w] stack, as a view."""
+    if tid == 0:
+        return stack
+    if tid in (1, 2, 3):
+        return np.rot90(stack, k=tid, axes=(1, 2))
+    if tid == 4:
+        return stack[:, :, ::-1]
+    if tid == 5:
+        return stack[:, ::-1, :]
+    if tid == 6:
+        return stack.transpose(0, 2, 1)
+    if tid == 7:
+        return np.rot90(stack, k=1, axes=(1, 2))[:, :, ::-1]
+    raise ValueError(f"dihedral transform id {tid} not in 0..7")
+
+
+def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Heights and widths of the crops of [n, 900] token rows (0, 0 where empty).
+
+    Row r of the field keeps the columns before the first non-colour token (PAD 0, EOS 1) of rows 0..r; of these
+    rectangles the largest wins, the one with the fewest rows on ties.
+    """
+    n = len(tokens)
+    colour = (np.asarray(tokens, dtype=np.uint8).reshape(n, GRID, GRID) - np.uint8(2)) < 10
+    first = colour.argmin(axis=2)  # each row's first non-colour column (0 also when all 30 are colours)
+    widths = np.minimum.accumulate(np.where(colour[:, :, 0] & (first == 0), GRID, first), axis=1)  # rows 0..r
+    best = (widths * (_ROWS + 1)).argmax(axis=1)
+    w = widths[np.arange(n), best]
+    return np.where(w > 0, best + 1, 0), w
+
+
+def recolour(tokens: np.ndarray, h: np.ndarray, w: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """[n, 900] uint8 tokens and their crop sizes -> canvases [n, PADDED] of the crops, where row i's colour c
+    becomes luts[i, c] (luts: [n, 10] uint8, 1..10), in the tokens' own frame.
+
+    Through bytes.translate, one 256-byte table per group of _GROUP rows: row k of a group codes colour c as
+    10k + c (uint8 arithmetic wraps: tokens 2..11 become 10k..10k+9) and every cell outside its crop as 255;
+    the group's table maps 10k + c to luts[k, c] and 255 to 0.
+    """
+    n = len(tokens)
+    groups = -(-n // _GROUP)
+    codes = np.full((groups * _GROUP, PADDED), 255, dtype=np.uint8)
+    np.add(tokens, _CODE_SHIFT[np.arange(n) % _GROUP, None], out=codes[:n, :SEQ_LEN])
+    codes[:n] |= _OUTSIDE[h * (GRID + 1) + w]
+    tables = np.zeros((groups, 256), dtype=np.uint8)
+    tables[:, :10 * _GROUP] = np.concatenate([luts, np.zeros((groups * _GROUP - n, 10), np.uint8)]).reshape(groups, -1)
+    data, tabs, step = codes.tobytes(), tables.tobytes(), _GROUP * PADDED
+    out = bytearray(len(data))
+    for g in range(groups):
+        out[g * step:(g + 1) * step] = data[g * step:(g + 1) * step].translate(tabs[g * 256:(g + 1) * 256])
+    return np.frombuffer(out, dtype=np.uint8).reshape(-1, PADDED)[:n]
+
+
+def _corner(tid: int, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Flat index of the cell where an h x w grid at the top-left of the field starts once dihedral(tid) has
+    transformed the whole field."""
+    rows, cols = {0: (0, 0), 1: (GRID - w, 0), 2: (GRID - h, GRID - w), 3: (0, GRID - h), 4: (0, GRID - w),
+                  5: (GRID - h, 0), 6: (0, 0), 7: (GRID - w, GRID - h)}[tid]
+    return np.where(h > 0, rows * GRID + cols, 0)  # an empty crop stays put
+
+
+def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.ndarray):
+    """Canvases [n, PADDED] of h x w grids that dihedral transform tids[i] made -> (canvases of the grids before
+    it, heights, widths).
+
+    Each group of rows with one transform goes through the inverse transform as whole 30x30 fields, which puts
+    each grid in a corner of its field; as every other cell is 0, shifting the flattened field left by the
+    index of that corner moves the grid back to the top-left.
+    """
+    n = len(canvases)
+    if not n:
+        return canvases, h, w
+    order = np.argsort(tids, kind="stable")
+    spread = np.zeros((n, 2 * SEQ_LEN + 4), dtype=np.uint8)  # sorted by transform: field, then zeros
+    corner = np.zeros(n, dtype=np.int64)
+    fields = canvases[:, :SEQ_LEN].reshape(n, GRID, GRID)
+    sorted_tids = tids[order]
+    edges = np.flatnonzero(np.r_[True, sorted_tids[1:] != sorted_tids[:-1], True])
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        inverse, rows = DIHEDRAL_INVERSE[int(sorted_tids[lo])], order[lo:hi]
+        spread[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(fields[rows], inverse)
+        corner[lo:hi] = _corner(inverse, h[rows], w[rows])
+    at = np.empty(n, dtype=np.int64)
+    at[order] = np.arange(n)  # row i is row at[i] of `spread`
+    out = sliding_window_view(spread, PADDED, axis=1)[at, corner[at]]  # [n, PADDED]
+    swap = np.isin(tids, (1, 3, 6, 7))  # transforms that exchange height and width
+    return out, np.where(swap, w, h), np.where(swap, h, w)
+
+
+def canvas_of(grid: np.ndarray) -> np.ndarray:
+    """One grid (colours 0..9) -> its canvas [PADDED]."""
+    out = np.zeros(PADDED, dtype=np.uint8)
+    h, w = grid.shape
+    out[:SEQ_LEN].reshape(GRID, GRID)[:h, :w] = grid + 1
+    return out
+
+
+def grid_of(canvas: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A canvas -> its h x w grid of colours 0..9."""
+    return canvas[:SEQ_LEN].reshape(GRID, GRID)[:h, :w] - np.uint8(1)
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_WEIGHTS = (np.random.default_rng(0x7E5A).integers(1, 2**62, size=(PADDED // 8, 2), dtype=np.uint64)
+            * np.uint64(2) + np.uint64(1))  # odd
+
+
+def grid_hashes(canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n, PADDED] uint8 -> two independent 64-bit hashes per row: each 8-byte word is mixed, then the words are
+    summed with random odd weights (a uint64 matrix product, which wraps like the sums)."""
+    words = np.ascontiguousarray(canvases).view(np.uint64) * _MIX
+    words ^= words >> np.uint64(29)
+    both = words @ _WEIGHTS
+    return both[:, 0], both[:, 1]
