@@ -300,8 +300,8 @@ def test_iteration_packs_epochs_together(two, E):
     parts, rows, _ = loader._plan(0)
     assert np.array_equal(flat, np.stack([per_path[p]["inputs"][r] for p, r in zip(parts, rows)]))
     if E > 1:
-        with pytest.raises(ValueError, match="does not start an iteration"):
-            next(loader.iterate(start=Position(1, 0)))
+        with pytest.raises(ValueError, match="another eval_interval"):
+            next(loader.iterate(start=Position(E - 1, 0)))  # batch 0 begins in epoch 0
 
 
 def test_iteration_resume_mid_iteration_and_ranks(two):
@@ -310,7 +310,9 @@ def test_iteration_resume_mid_iteration_and_ranks(two):
     steps = whole.steps_per_epoch(0)
     stream = whole.iterate()
     glob = [next(stream) for _ in range(steps + 3)]  # into the second iteration
-    assert glob[steps - 1][0] == Position(E, 0) and glob[steps][0] == Position(E, 1)
+    assert glob[steps - 1][0] == Position(E, 0) and glob[steps][0].step == 1
+    epochs = [p.epoch for p, _ in glob]
+    assert epochs == sorted(epochs) and 0 < epochs[steps // 2] < E  # the epoch moves inside an iteration
     k = steps // 2  # resume in the middle of the first iteration from a saved state
     state = json.loads(json.dumps({**whole.state_dict(), "epoch": glob[k - 1][0].epoch, "step": glob[k - 1][0].step}))
     resumed = TrainLoader(paths, B, seed=2, epochs_per_iter=E)

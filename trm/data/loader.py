@@ -373,8 +373,26 @@ class TrainLoader:
 
     def _check_start(self, epoch: int) -> None:
         if epoch < 0 or epoch % self.epochs_per_iter:
-            raise ValueError(f"epoch {epoch} does not start an iteration of {self.epochs_per_iter} epochs (the "
-                             "loader position was saved with another eval_interval)")
+            raise ValueError(f"epoch {epoch} does not start an iteration of {self.epochs_per_iter} epochs")
+
+    def _epoch_of(self, first: int, step: int) -> int:
+        """The epoch in which batch `step` of the iteration starting at epoch `first` begins."""
+        bounds = self._iteration(first)
+        j = int(np.searchsorted(bounds, step * self.global_batch_size, side="right")) - 1
+        return first + min(j, self.epochs_per_iter - 1)
+
+    def _locate(self, position: Position) -> tuple[int, int]:
+        """(first epoch of the iteration, batch in it) of a position; ValueError when the position does not name
+        a batch of this stream (e.g. it was saved with another eval_interval)."""
+        epoch, step = int(position.epoch), int(position.step)
+        if epoch < 0 or step < 0:
+            raise ValueError(f"bad position {position}")
+        first = epoch - epoch % self.epochs_per_iter
+        if step < self.steps_per_epoch(first) and self._epoch_of(first, step) != epoch:
+            raise ValueError(f"position {tuple(position)}: batch {step} of the iteration starting at epoch {first} "
+                             f"begins in epoch {self._epoch_of(first, step)}, not {epoch} (was the position saved "
+                             f"with another eval_interval? this loader packs {self.epochs_per_iter} epoch(s) together)")
+        return first, step
 
     def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(part, row, identifier) of every example of the full global batches of the iteration starting at
@@ -387,44 +405,47 @@ class TrainLoader:
         return tuple(np.concatenate([p[k] for p in pieces])[:n] for k in range(3))
 
     def steps_per_epoch(self, epoch: int) -> int:
-        """Global batches in the iteration that starts at `epoch` (one epoch when epochs_per_iter is 1)."""
-        self._check_start(epoch)
-        return int(self._iteration(epoch)[-1] // self.global_batch_size)
+        """Global batches in the iteration that holds epoch `epoch` (one epoch when epochs_per_iter is 1)."""
+        return int(self._iteration(epoch - epoch % self.epochs_per_iter)[-1] // self.global_batch_size)
 
     steps_per_iteration = steps_per_epoch
 
-    def _global_rows(self, position: Position) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(part, row, identifier) of the whole global batch at `position`."""
+    def _global_rows(self, first: int, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part, row, identifier) of the whole global batch `step` of the iteration starting at `first`."""
         B = self.global_batch_size
-        bounds = self._iteration(position.epoch)
-        lo, hi = position.step * B, (position.step + 1) * B
+        bounds = self._iteration(first)
+        lo, hi = step * B, (step + 1) * B
         j = int(np.searchsorted(bounds, lo, side="right")) - 1
         pieces = []
         while j < self.epochs_per_iter and bounds[j] < hi:
-            kept = self._kept(position.epoch + j, int(bounds[j] % B))
+            kept = self._kept(first + j, int(bounds[j] % B))
             a, b = max(lo - bounds[j], 0), min(hi - bounds[j], bounds[j + 1] - bounds[j])
             pieces.append(tuple(k[a:b] for k in kept))
             j += 1
         return tuple(np.concatenate([p[k] for p in pieces]) for k in range(3))
 
     def batch(self, position: Position) -> dict:
-        """This rank's slice of global batch `position.step` of the iteration starting at `position.epoch`."""
-        if not 0 <= position.step < self.steps_per_epoch(position.epoch):
-            raise ValueError(f"step {position.step} is outside the iteration starting at epoch {position.epoch}")
-        parts, rows, idents = self._global_rows(position)
+        """This rank's slice of the global batch at `position` (batch `step` of the iteration holding `epoch`)."""
+        first, step = self._locate(position)
+        return self._batch_at(first, step)
+
+    def _batch_at(self, first: int, step: int) -> dict:
+        if not 0 <= step < self.steps_per_epoch(first):
+            raise ValueError(f"step {step} is outside the iteration starting at epoch {first}")
+        parts, rows, idents = self._global_rows(first, step)
         lo = self.rank * self.local_batch_size
         hi = lo + self.local_batch_size
         inputs, labels = _gather(self.parts, parts[lo:hi], rows[lo:hi])
         if self.noise_prob > 0 and self.noise_fraction > 0:
-            self._noise(inputs, position, lo)
+            self._noise(inputs, first, step, lo)
         return _batch(inputs, labels, idents[lo:hi], self.metadata.ignore_label_id)
 
-    def _noise(self, inputs: np.ndarray, position: Position, first_row: int) -> None:
+    def _noise(self, inputs: np.ndarray, first: int, step: int, first_row: int) -> None:
         """The Trelis fork's grid noise (train inputs only, labels untouched): each example with probability
         grid_noise_prob gets max(1, floor(grid_noise_fraction * n)) of the n cells of its most frequent colour
         (the smallest colour token among ties) recoloured with other colours drawn uniformly. The draws depend
         only on (seed, position, row of the global batch), so ranks and resumed runs see the same noise."""
-        key = [self.seed, position.epoch, position.step, 0x6E6F6973]
+        key = [self.seed, first, step, 0x6E6F6973]
         chosen = np.random.default_rng(key).random(self.global_batch_size) < self.noise_prob
         colours = np.arange(2, 12, dtype=inputs.dtype)  # colour tokens (0 = PAD, 1 = EOS)
         for r in np.flatnonzero(chosen[first_row:first_row + inputs.shape[0]]).tolist():
@@ -441,24 +462,22 @@ class TrainLoader:
             grid[where] = others[rng.integers(0, others.size, flips)]
 
     def iterate(self, start: Position | None = None) -> Iterator[tuple[Position, dict]]:
-        """Endless (position of the next batch, batch) pairs from `start` (default: where this loader stands)."""
-        position = Position(*start) if start is not None else self.position
-        if position.epoch < 0 or position.step < 0:
-            raise ValueError(f"bad start position {position}")
-        self._check_start(position.epoch)
+        """Endless (position of the next batch, batch) pairs from `start` (default: where this loader stands).
+
+        A position is (epoch in which the batch begins, batch index inside its iteration); a position at or past
+        the end of an iteration means the next iteration's start."""
+        first, step = self._locate(Position(*start) if start is not None else self.position)
         E = self.epochs_per_iter
         while True:
-            steps = self.steps_per_epoch(position.epoch)
-            if position.step >= steps:  # a position at or past the end of an iteration means the next one's start
-                position = Position(position.epoch + E, 0)
+            steps = self.steps_per_epoch(first)
+            if step >= steps:
+                first, step = first + E, 0
                 continue
-            batch = self.batch(position)
-            following = Position(position.epoch, position.step + 1)
-            if following.step >= steps:
-                following = Position(position.epoch + E, 0)
+            batch = self._batch_at(first, step)
+            step += 1
+            following = Position(self._epoch_of(first, step), step) if step < steps else Position(first + E, 0)
             self.position = following
             yield following, batch
-            position = following
 
     def state_dict(self) -> dict:
         return {"epoch": int(self.position.epoch), "step": int(self.position.step), "seed": self.seed,
@@ -472,7 +491,7 @@ class TrainLoader:
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}")
         position = self.position_from_state(state)
-        self._check_start(position.epoch)
+        self._locate(position)
         self.position = position
 
     @staticmethod
