@@ -269,6 +269,7 @@ class Trainer:
         with torch.device(env.device):
             model = LossHead(TRM(self.model_config), loss_type=cfg.arch.loss_type)
         self.model = model
+        self.warm_start_summary = None  # rows carried / new / dropped (rank 0, with load_checkpoint)
         if pretrained is not None and env.main:
             self._warm_start(pretrained)
         if world > 1:
