@@ -3,7 +3,7 @@ pairs help, and does the embeddings-first phase (freeze_weights_epochs) matter?
 
     .venv/bin/python bench/bench_posttrain.py                          # ../shared/arc-agi beside the checkout
     .venv/bin/python bench/bench_posttrain.py --pretrain-steps 600 --post-epochs 240 --threads 2
-    .venv/bin/python bench/bench_posttrain.py --held-out 6150a2bd,9dfd6313 --keep /tmp/pt   # keep the runs
+    .venv/bin/python bench/bench_posttrain.py --held-out 6150a2bd,9dfd6313 --keep runs/bench-posttrain   # keep the runs
 
 1. Pretrain `cpu-tiny` on six ARC-AGI-1 training tasks (bench_learn.py's: flips, rotations, a transpose, a colour
    swap; num_aug 8) for --pretrain-steps steps.
