@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trm.data.build import BuildConfig, build_dataset
-from trm.data.loader import Position, TestLoader, TrainLoader, load_identifiers, load_metadata
+from trm.data.loader import Position, TestLoader, TrainLoader, load_identifiers, load_metadata, pack
 
 from test_data_build import write_subset
 
@@ -217,11 +217,17 @@ def test_several_paths_metadata_and_identifier_clash(two, tiny):
     merged = load_metadata([a, b], "train")
     assert merged.total_groups == ma.total_groups + mb.total_groups
     assert merged.total_puzzles == ma.total_puzzles + mb.total_puzzles
-    assert merged.num_puzzle_identifiers == mb.num_puzzle_identifiers  # b's range starts after a's
+    # the reference's table size: the sum of the paths' counts (TRM-SPEC section 4), enough for b's range,
+    # which starts after a's
+    assert merged.num_puzzle_identifiers == ma.num_puzzle_identifiers + mb.num_puzzle_identifiers
+    assert merged.num_puzzle_identifiers >= mb.num_puzzle_identifiers
     assert merged.mean_puzzle_examples == pytest.approx(
         (ma.mean_puzzle_examples * ma.total_puzzles + mb.mean_puzzle_examples * mb.total_puzzles) / merged.total_puzzles)
     names = load_identifiers([a, b])
-    assert len(names) == merged.num_puzzle_identifiers and len(set(names[1:])) == len(names) - 1
+    assert len(names) == mb.num_puzzle_identifiers and len(set(names[1:])) == len(names) - 1
+    # every identifier the loader hands out has a row in the table
+    _, _, idents = TrainLoader([a, b], 4, seed=0, epochs_per_iter=3)._plan(0)
+    assert idents.max() < merged.num_puzzle_identifiers and idents.max() < len(names)
     with pytest.raises(ValueError, match="puzzle-identifiers-start"):
         TrainLoader([a, tiny], 4)  # both start at 1 with different tasks
     sets = [name for name, _, _ in TestLoader([b, b], 64)]
@@ -239,3 +245,151 @@ def test_bad_arguments(tiny, tmp_path):
         load_metadata([str(tmp_path)], "train")
     with pytest.raises(ValueError):
         TrainLoader.position_from_state({"epoch": 1})
+
+
+# -- iterations of several epochs (TRM-SPEC section 5) --------------------------------------------------------------
+
+
+def _stream(loader: TrainLoader, first_epoch: int) -> list[tuple[int, int, int]]:
+    """The iteration's examples packed by a plain sequential reading of spec section 5: epoch after epoch, each
+    chosen puzzle's examples in the epoch's random order; a puzzle that overflows the open batch is cut."""
+    B, fill, out = loader.global_batch_size, 0, []
+    for epoch in range(first_epoch, first_epoch + loader.epochs_per_iter):
+        d = loader._draw(epoch, order_examples=True)
+        first = np.cumsum(d.size) - d.size
+        for i in range(d.size.shape[0]):
+            take = min(int(d.allowed[i]), B - fill)
+            offsets = d.within[first[i]:first[i] + d.size[i]] - first[i]
+            out += [(int(d.part[i]), int(d.start[i] + o), int(d.ident[i])) for o in offsets[:take]]
+            fill = (fill + take) % B
+    return out[: len(out) // B * B]  # only the iteration's last incomplete batch is dropped
+
+
+def test_pack_matches_a_sequential_packer():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        B = int(rng.integers(1, 12))
+        allowed = rng.integers(0, 9, size=int(rng.integers(0, 15)))
+        fill0 = int(rng.integers(0, B))
+        takes, fill = pack(allowed, fill0, B)
+        f, want = fill0, []
+        for a in allowed.tolist():
+            t = min(a, B - f)
+            want.append(t)
+            f = (f + t) % B
+        assert takes.tolist() == want and fill == f
+
+
+@pytest.mark.parametrize("E", [1, 3, 7])
+def test_iteration_packs_epochs_together(two, E):
+    paths = list(two)
+    B = 16
+    loader = TrainLoader(paths, B, seed=5, epochs_per_iter=E)
+    for first in (0, E):
+        parts, rows, idents = loader._plan(first)
+        want = _stream(loader, first)
+        assert list(zip(parts.tolist(), rows.tolist(), idents.tolist())) == want
+        assert loader.steps_per_epoch(first) == len(want) // B
+    # per epoch, the old rule drops every epoch's tail: an iteration of E epochs keeps at least as many batches
+    single = TrainLoader(paths, B, seed=5)
+    assert loader.steps_per_epoch(0) >= sum(single.steps_per_epoch(e) for e in range(E))
+    # the batches served are the plan's, in order, and a batch may span two epochs
+    got = [b for _, b in zip(range(loader.steps_per_epoch(0)), loader.iterate())]
+    flat = torch.cat([b[1]["inputs"] for b in got]).numpy() if got else np.zeros((0, 900))
+    per_path = [_arrays(p) for p in paths]
+    parts, rows, _ = loader._plan(0)
+    assert np.array_equal(flat, np.stack([per_path[p]["inputs"][r] for p, r in zip(parts, rows)]))
+    if E > 1:
+        with pytest.raises(ValueError, match="another eval_interval"):
+            next(loader.iterate(start=Position(E - 1, 0)))  # batch 0 begins in epoch 0
+
+
+def test_iteration_resume_mid_iteration_and_ranks(two):
+    paths, B, W, E = list(two), 8, 2, 5
+    whole = TrainLoader(paths, B, seed=2, epochs_per_iter=E)
+    steps = whole.steps_per_epoch(0)
+    stream = whole.iterate()
+    glob = [next(stream) for _ in range(steps + 3)]  # into the second iteration
+    assert glob[steps - 1][0] == Position(E, 0) and glob[steps][0].step == 1
+    epochs = [p.epoch for p, _ in glob]
+    assert epochs == sorted(epochs) and 0 < epochs[steps // 2] < E  # the epoch moves inside an iteration
+    k = steps // 2  # resume in the middle of the first iteration from a saved state
+    state = json.loads(json.dumps({**whole.state_dict(), "epoch": glob[k - 1][0].epoch, "step": glob[k - 1][0].step}))
+    resumed = TrainLoader(paths, B, seed=2, epochs_per_iter=E)
+    resumed.load_state_dict(state)
+    for (pa, ba), (pb, bb) in zip(glob[k:], resumed.iterate()):
+        assert pa == pb and torch.equal(ba["inputs"], bb["inputs"]) and torch.equal(ba["labels"], bb["labels"])
+    ranks = [TrainLoader(paths, B, rank=r, world_size=W, seed=2, epochs_per_iter=E).iterate() for r in range(W)]
+    for position, batch in glob:
+        pieces = [next(it) for it in ranks]
+        assert all(p == position for p, _ in pieces)
+        for key in batch:
+            assert torch.equal(torch.cat([b[key] for _, b in pieces]), batch[key])
+    with pytest.raises(ValueError, match="epochs_per_iter"):
+        TrainLoader(paths, B, seed=2, epochs_per_iter=3).load_state_dict(state)
+
+
+@pytest.fixture(scope="module")
+def three(arc_dir, tmp_path_factory) -> str:
+    """One evaluation task with exactly 3 demonstration pairs, as a test set: 3 train examples per epoch."""
+    chal = json.loads((arc_dir / "arc-agi_evaluation2_challenges.json").read_text())
+    task = next(k for k, v in chal.items() if len(v["train"]) == 3)
+    src = tmp_path_factory.mktemp("src3")
+    prefix = write_subset(arc_dir, src, "evaluation2", "three", ids=[task])
+    out = tmp_path_factory.mktemp("out3") / "ds"
+    build_dataset(BuildConfig(prefix, str(out), ["three"], ["three"], num_aug=2, workers=1))
+    return str(out)
+
+
+def test_a_set_smaller_than_a_batch_trains(three):
+    meta = load_metadata([three], "train")
+    assert meta.total_groups == 1 and meta.mean_puzzle_examples == 3
+    with pytest.raises(ValueError, match="fewer examples"):
+        TrainLoader([three], 8, epochs_per_iter=2)  # 6 examples: no batch of 8
+    loader = TrainLoader([three], 8, seed=0, epochs_per_iter=100)
+    # 100 epochs of one 3-example puzzle: a batch takes 3 + 3 + 2 (the third puzzle cut, its last example
+    # skipped, as the reference does), so 33 batches; only the iteration's last puzzle is left over
+    assert loader.steps_per_epoch(0) == 33
+    batches = [b for _, (_, b) in zip(range(3), loader.iterate())]
+    assert all(b["inputs"].shape == (8, 900) for b in batches)
+    parts, rows, idents = loader._plan(0)
+    assert np.bincount(rows, minlength=rows.max() + 1).max() > 1  # the same examples come back epoch after epoch
+
+
+def test_grid_noise_recolours_the_majority_colour_of_inputs_only(two):
+    paths, B = list(two), 16
+    clean = TrainLoader(paths, B, seed=4, epochs_per_iter=2)
+    noisy = TrainLoader(paths, B, seed=4, epochs_per_iter=2, grid_noise_prob=0.5, grid_noise_fraction=0.1)
+    changed = 0
+    for (pc, bc), (pn, bn) in zip((x for _, x in zip(range(6), clean.iterate())),
+                                  (x for _, x in zip(range(6), noisy.iterate()))):
+        assert pc == pn and torch.equal(bc["labels"], bn["labels"])
+        assert torch.equal(bc["puzzle_identifiers"], bn["puzzle_identifiers"])
+        for a, b in zip(bc["inputs"], bn["inputs"]):
+            diff = (a != b).nonzero().flatten()
+            if diff.numel() == 0:
+                continue
+            changed += 1
+            counts = torch.bincount(a[a >= 2], minlength=12)
+            major = int(counts.argmax())
+            assert (a[diff] == major).all() and (b[diff] >= 2).all() and (b[diff] != major).all()
+            assert diff.numel() == max(1, int(0.1 * int(counts[major])))
+    assert changed > 0
+    # the noise depends only on (seed, position, row): another loader, or two ranks, see the same
+    again = next(TrainLoader(paths, B, seed=4, epochs_per_iter=2, grid_noise_prob=0.5, grid_noise_fraction=0.1).iterate())[1]
+    first = next(TrainLoader(paths, B, seed=4, epochs_per_iter=2, grid_noise_prob=0.5, grid_noise_fraction=0.1).iterate())[1]
+    halves = [next(TrainLoader(paths, B, rank=r, world_size=2, seed=4, epochs_per_iter=2, grid_noise_prob=0.5,
+                               grid_noise_fraction=0.1).iterate())[1] for r in range(2)]
+    assert torch.equal(again["inputs"], first["inputs"])
+    assert torch.equal(torch.cat([h["inputs"] for h in halves]), first["inputs"])
+
+
+def test_test_loader_max_examples_per_puzzle(tiny):
+    data = _arrays(tiny, "test")
+    pidx = data["puzzle_indices"]
+    assert np.diff(pidx).max() > 1  # the fixture has puzzles with several test examples
+    want = [r for p in range(pidx.size - 1) for r in range(pidx[p], min(pidx[p + 1], pidx[p] + 1))]
+    got = []
+    for _, batch, n_valid in TestLoader([tiny], 4, max_examples_per_puzzle=1):
+        got.append(batch["inputs"].numpy()[:n_valid])
+    assert np.array_equal(np.concatenate(got), data["inputs"][want])

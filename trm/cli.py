@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("trm.evaluation.evaluate", "run a checkpoint on the test split and vote"),
     "vote": ("trm.evaluation.vote", "vote over saved outputs.npz files"),
     "export-submission": ("trm.evaluation.submission", "validate, merge and write submission.json"),
+    "score": ("trm.evaluation.score", "pass@1/pass@2 of a submission.json against an ARC solutions file"),
     "artifacts": ("trm.storage.cli", "list and copy run artifacts in the S3 store (ls | cp)"),
     "s3": ("trm.storage.embedded", "start, stop or show the embedded S3 server (weed mini)"),
     "launch": ("trm.launch.cli", "render or submit a PyTorchJob for training"),

@@ -200,7 +200,7 @@ def _start_wandb(cfg: TrainConfig, run_dir: Path):
             raise ValueError("wandb=on but the wandb package is not installed (pip install 'trm-pipeline[wandb]')")
         return None
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    return wandb.init(project=cfg.project_name, name=cfg.run_name, config=cfg.to_dict(), dir=str(run_dir),
+    return wandb.init(project=cfg.project_name, entity=cfg.entity, name=cfg.run_name, config=cfg.to_dict(), dir=str(run_dir),
                       mode=mode, resume="allow", id=_wandb_id(cfg))
 
 
@@ -229,13 +229,20 @@ class Trainer:
                              f"(global_batch_size {cfg.global_batch_size} / {world} ranks)")
         self.micro, self.accum = micro, self.local_batch // micro
 
+        # iterations of eval_interval epochs packed together, as the reference (trm.data.loader)
         self.train_loader = TrainLoader(cfg.data_paths, cfg.global_batch_size, rank=env.rank, world_size=world,
-                                        seed=cfg.seed, max_examples_per_puzzle=cfg.max_examples_per_puzzle)
+                                        seed=cfg.seed, max_examples_per_puzzle=cfg.max_examples_per_puzzle,
+                                        epochs_per_iter=cfg.epochs_per_iter, grid_noise_prob=cfg.noise_prob,
+                                        grid_noise_fraction=cfg.noise_fraction)
         meta = self.train_loader.metadata
         self.metadata = meta
         test_paths = cfg.data_paths_test or cfg.data_paths
         self.test_paths = test_paths
-        self.test_loader_args = (test_paths, cfg.global_batch_size, env.rank, world, "test", cfg.eval_max_augmentations)
+        eval_batch = cfg.eval_global_batch_size or cfg.global_batch_size
+        if eval_batch % world:
+            raise ValueError(f"eval_global_batch_size ({eval_batch}) must be divisible by the world size ({world})")
+        self.test_loader_args = (test_paths, eval_batch, env.rank, world, "test", cfg.eval_max_augmentations,
+                                 cfg.max_eval_examples_per_puzzle)
         self._TestLoader = TestLoader
         # the schedule spans the reference's estimate of the run; max_steps only stops early
         self.schedule_steps = int(cfg.epochs * meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size)
@@ -243,20 +250,28 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
+        # a pretrained checkpoint gives the model's definition (trm.warmstart); rank 0 reads its weights
+        pretrained = None
+        if cfg.load_checkpoint:
+            from trm.warmstart import apply_arch, read_pretrained
+
+            pretrained = read_pretrained(cfg.load_checkpoint, cfg.load_weights, load_state=env.main)
+            for note in apply_arch(cfg, pretrained):
+                if env.main:
+                    print(f"[trm.train] {note}", file=sys.stderr)
+
         # model: same init on every rank (seeded with rank 0's seed), then broadcast as the reference does
         torch.manual_seed(cfg.seed)
-        fields = {f.name for f in dataclasses.fields(ModelConfig)}
-        arch = {k: v for k, v in dataclasses.asdict(cfg.arch).items() if k in fields}
-        self.model_config = ModelConfig(**{**arch, "batch_size": micro, "vocab_size": meta.vocab_size,
+        self.model_config = ModelConfig(**{**cfg.arch.model_fields(), "halt_max_steps_eval": cfg.eval_halt_max_steps,
+                                           "batch_size": micro, "vocab_size": meta.vocab_size,
                                            "seq_len": meta.seq_len,
                                            "num_puzzle_identifiers": meta.num_puzzle_identifiers})
         with torch.device(env.device):
             model = LossHead(TRM(self.model_config), loss_type=cfg.arch.loss_type)
         self.model = model
-        if cfg.load_checkpoint:
-            from trm.model import load_reference_checkpoint
-
-            load_reference_checkpoint(cfg.load_checkpoint, model=model, map_location=env.device)
+        self.warm_start_summary = None  # rows carried / new / dropped (rank 0, with load_checkpoint)
+        if pretrained is not None and env.main:
+            self._warm_start(pretrained)
         if world > 1:
             with torch.no_grad():
                 for t in list(model.parameters()) + list(model.buffers()):
@@ -276,6 +291,11 @@ class Trainer:
         self.dense = AdamATan2(dense, lr=0.0, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.ema = EMA(model, cfg.ema_rate) if cfg.ema else None
         self.generator = torch.Generator(device=env.device).manual_seed(cfg.seed + env.rank)
+        # freeze_weights: the dense optimiser skips steps 1..freeze_until (None: never frozen)
+        self.freeze_until = frozen_until_step(cfg, self.schedule_steps)
+        if self.freeze_until is not None and env.main:
+            print(f"[trm.train] freeze_weights: only the puzzle embeddings train for steps 1..{self.freeze_until}"
+                  f" (of {self.schedule_steps})", file=sys.stderr)
 
         self.step = 0
         self.position = None  # loader position of the next batch
@@ -370,8 +390,28 @@ class Trainer:
                 group["lr"] = self.cfg.puzzle_emb_lr * factor
         return self.cfg.lr * factor
 
+    def _warm_start(self, pretrained) -> None:
+        """Load a pretrained checkpoint's weights; puzzle-embedding rows carried by identifier name."""
+        from trm.data.loader import load_identifiers
+        from trm.warmstart import load_pretrained
+
+        try:
+            identifiers = load_identifiers(self.cfg.data_paths)
+        except (FileNotFoundError, ValueError):
+            identifiers = None
+        summary = load_pretrained(self.model, pretrained, identifiers, self.cfg.puzzle_emb_reinit_strategy)
+        print(f"[trm.train] load_checkpoint {pretrained.uri}: {pretrained.weights} weights"
+              + (f" of step {pretrained.step}" if pretrained.step is not None else ""), file=sys.stderr)
+        if summary is not None:
+            print(f"[trm.train] {summary.line()}", file=sys.stderr)
+        self.warm_start_summary = summary
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
         self.step += 1
+        frozen = self.freeze_until is not None and self.step <= self.freeze_until
+        if self.freeze_until is not None and self.step == self.freeze_until + 1 and self.env.main:
+            print(f"[trm.train] step {self.step}: the trunk trains from now on (freeze_weights_epochs over)",
+                  file=sys.stderr)
         device = self.env.device
         micro_batches = [{k: v.to(device, non_blocking=True) for k, v in m.items()} for m in _split(batch, self.accum)]
         if self.carries is None:
@@ -390,7 +430,7 @@ class Trainer:
                 self.sparse.collect()
             for k, v in metrics.items():
                 totals[k] = totals[k] + v.detach() if k in totals else v.detach().clone()
-        if self.env.world_size > 1:
+        if self.env.world_size > 1 and not frozen:
             grads = [p.grad for p in self.dense.param_groups[0]["params"] if p.grad is not None]
             if grads:
                 flat = torch.cat([g.reshape(-1) for g in grads])
@@ -403,7 +443,8 @@ class Trainer:
         if self.sparse is not None:
             self.sparse.step()
             self.sparse.zero_grad()
-        self.dense.step()
+        if not frozen:  # frozen: no step at all (no weight decay, AdamATan2's step count waits), as the fork
+            self.dense.step()
         self.dense.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
@@ -607,6 +648,20 @@ class Trainer:
         return epoch // interval - 1 >= self.cfg.min_eval_interval
 
 
+def frozen_until_step(cfg: TrainConfig, total_steps: int) -> int | None:
+    """The last optimiser step whose dense (trunk) update is skipped under freeze_weights, as the Trelis fork:
+    freeze_weights without freeze_weights_epochs (or with >= epochs) freezes the whole run (only the puzzle
+    embeddings train); otherwise ceil(total_steps * freeze_weights_epochs / epochs). None: never frozen."""
+    if not cfg.freeze_weights:
+        return None
+    epochs = cfg.freeze_weights_epochs
+    if epochs is None or epochs >= cfg.epochs:
+        return total_steps
+    if epochs <= 0:
+        return None
+    return math.ceil(total_steps * epochs / cfg.epochs)
+
+
 def _dataset_order(per_rank: list[list[dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
     """Per-rank lists of batch outputs -> one list in dataset order (batch by batch, rank by rank)."""
     out = []
@@ -644,6 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"trm train: {err}", file=sys.stderr)
         return 2
+    if "--print-config" in argv:  # the resolved config, then exit
+        print(cfg.to_yaml(), end="")
+        return 0
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     env = setup_distributed(cfg)

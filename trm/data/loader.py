@@ -2,23 +2,30 @@
 
     from trm.data.loader import load_metadata, TrainLoader, TestLoader, Position
     meta = load_metadata(["data/arc2"], "train")
-    train = TrainLoader(["data/arc2"], global_batch_size=768, rank=0, world_size=4, seed=0)
+    train = TrainLoader(["data/arc2"], global_batch_size=768, rank=0, world_size=4, seed=0, epochs_per_iter=10000)
     for position, batch in train.iterate(start=Position(0, 0)):   # position: where the NEXT batch starts
         batch["inputs"], batch["labels"], batch["puzzle_identifiers"]  # int32 [192, 900], [192, 900], [192]
     state = train.state_dict(); position = TrainLoader.position_from_state(state)     # exact resume
     for set_name, batch, n_valid in TestLoader(["data/arc2"], 768, rank=0, world_size=4): ...
 
-Train epoch e (order depends only on seed and e): every group once in random order; from each group one random
-variant (puzzle); that puzzle's examples, at most max_examples_per_puzzle of them, in random order; packed into
-global batches, and when a puzzle does not fit, the batch takes as many of its examples as fit and the rest of that
-puzzle is skipped (as the reference does); the last incomplete batch is dropped. Rank r of W takes rows
-[r*B/W, (r+1)*B/W) of each global batch. Labels equal to ignore_label_id (PAD) become -100.
+Train epoch e (its draws depend only on seed and e): every group once in random order; from each group one random
+variant (puzzle); that puzzle's examples, at most max_examples_per_puzzle of them, in random order. As the
+reference, `epochs_per_iter` epochs (the trainer's eval_interval) form one iteration whose examples are packed, in
+order, into global batches: when a puzzle does not fit, the batch takes as many of its examples as fit and the
+rest of that puzzle is skipped; a batch may span epochs; only the iteration's last incomplete batch is dropped. So
+a set smaller than one batch still trains (3 examples per epoch at batch 8: a batch holds ~3 epochs). Rank r of W
+takes rows [r*B/W, (r+1)*B/W) of each global batch. Labels equal to ignore_label_id (PAD) become -100. The
+loader keeps only per-epoch counts of an iteration and builds a batch from the epochs it spans, so a position
+(epoch starting the iteration, batch in it) resumes anywhere, also in the middle of an iteration. Optional grid
+noise (the Trelis fork's grid_noise_prob/fraction) recolours cells of train inputs, deterministically per batch.
 
 Several dataset paths: their groups form one pool for the train epoch, so a batch may mix datasets; the
 test split is read path by path, set names "all", "all1", "all2", ... (the reference's names). Puzzle
 identifiers are used as stored: build the datasets with disjoint `--puzzle-identifiers-start` ranges; two paths
 whose identifiers.json give different names to one identifier are refused. num_puzzle_identifiers of the merged
-metadata is the largest over the paths (enough for every identifier).
+metadata is the SUM over the paths, as the reference sizes its embedding table (TRM-SPEC section 4): every
+stored identifier lies below its path's count, so below the sum, and a checkpoint trained on several paths has
+a table of that size.
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ def _merge(metas: list[DatasetMetadata], where: list[str]) -> DatasetMetadata:
     return DatasetMetadata(
         pad_id=first.pad_id, ignore_label_id=first.ignore_label_id, blank_identifier_id=first.blank_identifier_id,
         vocab_size=first.vocab_size, seq_len=first.seq_len,
-        num_puzzle_identifiers=max(m.num_puzzle_identifiers for m in metas),
+        num_puzzle_identifiers=sum(m.num_puzzle_identifiers for m in metas),
         total_groups=sum(m.total_groups for m in metas), mean_puzzle_examples=mean, total_puzzles=puzzles,
         sets=list(first.sets),
     )
@@ -114,7 +121,8 @@ def _paths(paths) -> list[str]:
 
 
 def load_metadata(paths, split: str) -> DatasetMetadata:
-    """The split's dataset.json merged over paths (counts summed, identifiers: the largest count)."""
+    """The split's dataset.json merged over paths (counts summed; num_puzzle_identifiers too, as the reference
+    sizes its embedding table: every identifier a path stores is below that path's count, so below the sum)."""
     paths = _paths(paths)
     roots = [_local(p) for p in paths]
     return _merge([_read_metadata(r, split) for r in roots], paths)
@@ -189,6 +197,20 @@ def augmentation_rows(puzzle_indices: np.ndarray, group_indices: np.ndarray,
     return np.flatnonzero(np.repeat(rank_in_group <= max_augmentations, np.diff(puzzle_indices)))
 
 
+def example_rows(puzzle_indices: np.ndarray, group_indices: np.ndarray, max_augmentations: int | None = None,
+                 max_examples_per_puzzle: int | None = None) -> np.ndarray:
+    """augmentation_rows, then at most the first `max_examples_per_puzzle` examples of each puzzle (file order):
+    the Trelis fork's max_eval_examples_per_puzzle."""
+    rows = augmentation_rows(puzzle_indices, group_indices, max_augmentations)
+    if max_examples_per_puzzle is None:
+        return rows
+    if isinstance(max_examples_per_puzzle, bool) or max_examples_per_puzzle < 1:
+        raise ValueError(f"max_examples_per_puzzle must be an integer >= 1 or None, got {max_examples_per_puzzle!r}")
+    puzzle_indices = np.asarray(puzzle_indices, np.int64)
+    puzzle = np.searchsorted(puzzle_indices, rows, side="right") - 1
+    return rows[rows - puzzle_indices[puzzle] < max_examples_per_puzzle]
+
+
 def _batch(inputs: np.ndarray, labels: np.ndarray, identifiers: np.ndarray, ignore: int | None) -> dict:
     labels = labels.astype(np.int32)
     if ignore is not None:
@@ -222,17 +244,60 @@ def _gather(parts: list[_Split], part: np.ndarray, row: np.ndarray) -> tuple[np.
     return inputs, labels
 
 
+class _Epoch(NamedTuple):
+    """One epoch's draws: the chosen puzzle of every group (in visiting order) and its examples' random order."""
+
+    part: np.ndarray  # [n] dataset path of each visited puzzle
+    start: np.ndarray  # [n] its first example row
+    size: np.ndarray  # [n] its example count
+    ident: np.ndarray  # [n] its puzzle identifier
+    allowed: np.ndarray  # [n] examples it may give (size, capped by max_examples_per_puzzle)
+    within: np.ndarray | None  # [sum(size)] example offsets, puzzle-major, random inside a puzzle
+
+
+def pack(allowed: np.ndarray, fill: int, batch_size: int) -> tuple[np.ndarray, int]:
+    """Examples taken from each puzzle when they are packed, in order, into batches of `batch_size` rows that
+    already hold `fill` rows: a puzzle that does not fit fills the batch and the rest of it is skipped (as the
+    reference does). Returns (taken per puzzle, rows in the last batch afterwards, 0..batch_size-1)."""
+    takes = np.asarray(allowed, dtype=np.int64).copy()
+    cum = np.concatenate(([0], np.cumsum(takes)))
+    n, pos = takes.size, 0
+    while pos < n:
+        target = cum[pos] + (batch_size - fill)  # the cumulative count at which the open batch is full
+        if cum[n] < target:  # the rest fits
+            fill += int(cum[n] - cum[pos])
+            break
+        q = int(np.searchsorted(cum, target, side="left")) - 1  # cum[q] < target <= cum[q + 1]
+        takes[q] = target - cum[q]
+        fill, pos = 0, q + 1
+    return takes, fill
+
+
 class TrainLoader:
-    """The train stream of spec section 5, deterministic for (seed, epoch), sliced for `rank` of `world_size`."""
+    """The train stream of spec section 5, deterministic for (seed, epoch), sliced for `rank` of `world_size`.
+
+    `epochs_per_iter` epochs form one iteration (the trainer passes eval_interval, as the reference): their
+    examples are packed as one stream, so a batch may span epochs and only the iteration's last incomplete batch
+    is dropped. Positions count batches inside an iteration: Position(epoch, step) is batch `step` of the
+    iteration that starts at epoch `epoch` (a multiple of epochs_per_iter).
+    """
 
     def __init__(self, paths, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 max_examples_per_puzzle: int | None = None, split: str = "train"):
+                 max_examples_per_puzzle: int | None = None, split: str = "train", epochs_per_iter: int = 1,
+                 grid_noise_prob: float = 0.0, grid_noise_fraction: float = 0.0):
         self.paths = _paths(paths)
         self.local_batch_size = _check_batch(global_batch_size, rank, world_size)
         if max_examples_per_puzzle is not None and max_examples_per_puzzle < 1:
             raise ValueError(f"max_examples_per_puzzle must be >= 1 or None, got {max_examples_per_puzzle}")
+        if isinstance(epochs_per_iter, bool) or not isinstance(epochs_per_iter, int) or epochs_per_iter < 1:
+            raise ValueError(f"epochs_per_iter must be an integer >= 1, got {epochs_per_iter!r}")
+        for name, value in (("grid_noise_prob", grid_noise_prob), ("grid_noise_fraction", grid_noise_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
         self.seed, self.max_examples_per_puzzle, self.split = int(seed), max_examples_per_puzzle, split
+        self.epochs_per_iter = epochs_per_iter
+        self.noise_prob, self.noise_fraction = float(grid_noise_prob), float(grid_noise_fraction)
         roots = [_local(p) for p in self.paths]
         self.parts = [_Split(r, split, SET_NAME) for r in roots]
         self.metadata = _merge([p.meta for p in self.parts], self.paths)
@@ -242,18 +307,19 @@ class TrainLoader:
         self._group_part = np.concatenate([np.full(p.group_indices.shape[0] - 1, i) for i, p in enumerate(self.parts)])
         self._group_lo = np.concatenate([p.group_indices[:-1] for p in self.parts])
         self._group_hi = np.concatenate([p.group_indices[1:] for p in self.parts])
-        self._plan_cache: tuple[int, list[np.ndarray]] | None = None
+        self._sizes = [np.diff(p.puzzle_indices) for p in self.parts]
+        self._epochs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # (epoch, fill) -> kept rows
+        self._bounds: tuple[int, np.ndarray] | None = None  # (iteration start, kept rows before each epoch)
         self.position = Position(0, 0)
         if self.metadata.total_groups == 0 or self.steps_per_epoch(0) == 0:
             raise ValueError(
-                f"{self.paths}: an epoch holds fewer examples than global_batch_size ({global_batch_size}); "
-                "no full batch can be made"
+                f"{self.paths}: an iteration ({epochs_per_iter} epoch(s)) holds fewer examples than "
+                f"global_batch_size ({global_batch_size}); no full batch can be made"
             )
 
-    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(part, row, identifier) of every example of the epoch's full global batches, in batch order."""
-        if self._plan_cache is not None and self._plan_cache[0] == epoch:
-            return self._plan_cache[1]
+    # -- the draws ------------------------------------------------------------------------------------------
+    def _draw(self, epoch: int, order_examples: bool) -> _Epoch:
+        """Epoch `epoch`'s random choices (its own generator: they depend only on seed and epoch)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
         order = rng.permutation(self._group_part.shape[0])
         part = self._group_part[order]
@@ -262,80 +328,171 @@ class TrainLoader:
         size = np.empty(part.shape[0], dtype=np.int64)
         ident = np.empty(part.shape[0], dtype=np.int64)
         for i, p in enumerate(self.parts):
-            sel = np.flatnonzero(part == i)
+            sel = np.flatnonzero(part == i) if len(self.parts) > 1 else slice(None)
             start[sel] = p.puzzle_indices[puzzle[sel]]
-            size[sel] = p.puzzle_indices[puzzle[sel] + 1] - start[sel]
+            size[sel] = self._sizes[i][puzzle[sel]]
             ident[sel] = p.identifiers[puzzle[sel]]
-        # Each puzzle's examples in random order: sort random keys within each puzzle's segment.
-        total = int(size.sum())
-        owner = np.repeat(np.arange(size.shape[0]), size)
-        within = np.argsort(owner * 2.0 + rng.random(total), kind="stable")  # owner-major, random inside
-        offset_in_puzzle = within - np.repeat(np.cumsum(size) - size, size)
         allowed = size if self.max_examples_per_puzzle is None else np.minimum(size, self.max_examples_per_puzzle)
-        # Pack: a batch takes whole puzzles; the one that overflows is cut, its rest skipped.
-        B = self.global_batch_size
-        take = np.zeros(size.shape[0], dtype=np.int64)
+        within = None
+        if order_examples:  # each puzzle's examples in random order: sort random keys inside each puzzle
+            owner = np.repeat(np.arange(size.shape[0]), size)
+            within = np.argsort(owner * 2.0 + rng.random(int(size.sum())), kind="stable")
+        return _Epoch(part, start, size, ident, allowed, within)
+
+    def _kept(self, epoch: int, fill: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part, row, identifier) of the examples epoch `epoch` adds to the stream when it starts with `fill`
+        rows in the open batch, in stream order."""
+        key = (epoch, fill)
+        if key in self._epochs:
+            return self._epochs[key]
+        d = self._draw(epoch, order_examples=True)
+        takes, _ = pack(d.allowed, fill, self.global_batch_size)
+        total = int(d.size.sum())
+        first = np.repeat(np.cumsum(d.size) - d.size, d.size)
+        offset_in_puzzle = d.within - first
+        keep = (np.arange(total) - first) < np.repeat(takes, d.size)
+        out = (np.repeat(d.part, d.size)[keep], (np.repeat(d.start, d.size) + offset_in_puzzle)[keep],
+               np.repeat(d.ident, d.size)[keep])
+        if len(self._epochs) >= 8:
+            self._epochs.pop(next(iter(self._epochs)))
+        self._epochs[key] = out
+        return out
+
+    def _iteration(self, epoch: int) -> np.ndarray:
+        """Stream offsets of the iteration starting at `epoch`: [K_0=0, K_1, ..., K_E], K_j = examples kept
+        before its j-th epoch."""
+        if self._bounds is not None and self._bounds[0] == epoch:
+            return self._bounds[1]
+        bounds = np.zeros(self.epochs_per_iter + 1, dtype=np.int64)
         fill = 0
-        for i, a in enumerate(allowed.tolist()):
-            if a <= 0:
-                continue
-            t = min(a, B - fill)
-            take[i] = t
-            fill += t
-            if fill == B:
-                fill = 0
-        n_full = (int(take.sum()) - fill) // B * B  # drop the last incomplete batch
-        rank_in = np.arange(total) - np.repeat(np.cumsum(size) - size, size)
-        keep = rank_in < np.repeat(take, size)
-        rows = (np.repeat(start, size) + offset_in_puzzle)[keep][:n_full]
-        parts = np.repeat(part, size)[keep][:n_full]
-        idents = np.repeat(ident, size)[keep][:n_full]
-        plan = (parts, rows, idents)
-        self._plan_cache = (epoch, plan)
-        return plan
+        for j in range(self.epochs_per_iter):
+            takes, fill = pack(self._draw(epoch + j, order_examples=False).allowed, fill, self.global_batch_size)
+            bounds[j + 1] = bounds[j] + int(takes.sum())
+        self._bounds = (epoch, bounds)
+        return bounds
+
+    def _check_start(self, epoch: int) -> None:
+        if epoch < 0 or epoch % self.epochs_per_iter:
+            raise ValueError(f"epoch {epoch} does not start an iteration of {self.epochs_per_iter} epochs")
+
+    def _epoch_of(self, first: int, step: int) -> int:
+        """The epoch in which batch `step` of the iteration starting at epoch `first` begins."""
+        bounds = self._iteration(first)
+        j = int(np.searchsorted(bounds, step * self.global_batch_size, side="right")) - 1
+        return first + min(j, self.epochs_per_iter - 1)
+
+    def _locate(self, position: Position) -> tuple[int, int]:
+        """(first epoch of the iteration, batch in it) of a position; ValueError when the position does not name
+        a batch of this stream (e.g. it was saved with another eval_interval)."""
+        epoch, step = int(position.epoch), int(position.step)
+        if epoch < 0 or step < 0:
+            raise ValueError(f"bad position {position}")
+        first = epoch - epoch % self.epochs_per_iter
+        if step < self.steps_per_epoch(first) and self._epoch_of(first, step) != epoch:
+            raise ValueError(f"position {tuple(position)}: batch {step} of the iteration starting at epoch {first} "
+                             f"begins in epoch {self._epoch_of(first, step)}, not {epoch} (was the position saved "
+                             f"with another eval_interval? this loader packs {self.epochs_per_iter} epoch(s) together)")
+        return first, step
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part, row, identifier) of every example of the full global batches of the iteration starting at
+        `epoch`, in batch order (the whole iteration at once: for tests and small sets)."""
+        self._check_start(epoch)
+        bounds = self._iteration(epoch)
+        B = self.global_batch_size
+        pieces = [self._kept(epoch + j, int(bounds[j] % B)) for j in range(self.epochs_per_iter)]
+        n = bounds[-1] // B * B
+        return tuple(np.concatenate([p[k] for p in pieces])[:n] for k in range(3))
 
     def steps_per_epoch(self, epoch: int) -> int:
-        return self._plan(epoch)[0].shape[0] // self.global_batch_size
+        """Global batches in the iteration that holds epoch `epoch` (one epoch when epochs_per_iter is 1)."""
+        return int(self._iteration(epoch - epoch % self.epochs_per_iter)[-1] // self.global_batch_size)
+
+    steps_per_iteration = steps_per_epoch
+
+    def _global_rows(self, first: int, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part, row, identifier) of the whole global batch `step` of the iteration starting at `first`."""
+        B = self.global_batch_size
+        bounds = self._iteration(first)
+        lo, hi = step * B, (step + 1) * B
+        j = int(np.searchsorted(bounds, lo, side="right")) - 1
+        pieces = []
+        while j < self.epochs_per_iter and bounds[j] < hi:
+            kept = self._kept(first + j, int(bounds[j] % B))
+            a, b = max(lo - bounds[j], 0), min(hi - bounds[j], bounds[j + 1] - bounds[j])
+            pieces.append(tuple(k[a:b] for k in kept))
+            j += 1
+        return tuple(np.concatenate([p[k] for p in pieces]) for k in range(3))
 
     def batch(self, position: Position) -> dict:
-        """This rank's slice of global batch `position.step` of `position.epoch`."""
-        parts, rows, idents = self._plan(position.epoch)
-        if not 0 <= position.step < parts.shape[0] // self.global_batch_size:
-            raise ValueError(f"step {position.step} is outside epoch {position.epoch}")
-        lo = position.step * self.global_batch_size + self.rank * self.local_batch_size
+        """This rank's slice of the global batch at `position` (batch `step` of the iteration holding `epoch`)."""
+        first, step = self._locate(position)
+        return self._batch_at(first, step)
+
+    def _batch_at(self, first: int, step: int) -> dict:
+        if not 0 <= step < self.steps_per_epoch(first):
+            raise ValueError(f"step {step} is outside the iteration starting at epoch {first}")
+        parts, rows, idents = self._global_rows(first, step)
+        lo = self.rank * self.local_batch_size
         hi = lo + self.local_batch_size
         inputs, labels = _gather(self.parts, parts[lo:hi], rows[lo:hi])
+        if self.noise_prob > 0 and self.noise_fraction > 0:
+            self._noise(inputs, first, step, lo)
         return _batch(inputs, labels, idents[lo:hi], self.metadata.ignore_label_id)
 
-    def iterate(self, start: Position | None = None) -> Iterator[tuple[Position, dict]]:
-        """Endless (position of the next batch, batch) pairs from `start` (default: where this loader stands)."""
-        position = Position(*start) if start is not None else self.position
-        if position.epoch < 0 or position.step < 0:
-            raise ValueError(f"bad start position {position}")
-        while True:
-            steps = self.steps_per_epoch(position.epoch)
-            if position.step >= steps:  # a position at or past the end of an epoch means the next epoch's start
-                position = Position(position.epoch + 1, 0)
+    def _noise(self, inputs: np.ndarray, first: int, step: int, first_row: int) -> None:
+        """The Trelis fork's grid noise (train inputs only, labels untouched): each example with probability
+        grid_noise_prob gets max(1, floor(grid_noise_fraction * n)) of the n cells of its most frequent colour
+        (the smallest colour token among ties) recoloured with other colours drawn uniformly. The draws depend
+        only on (seed, position, row of the global batch), so ranks and resumed runs see the same noise."""
+        key = [self.seed, first, step, 0x6E6F6973]
+        chosen = np.random.default_rng(key).random(self.global_batch_size) < self.noise_prob
+        colours = np.arange(2, 12, dtype=inputs.dtype)  # colour tokens (0 = PAD, 1 = EOS)
+        for r in np.flatnonzero(chosen[first_row:first_row + inputs.shape[0]]).tolist():
+            grid = inputs[r]
+            counts = np.bincount(grid[grid >= 2], minlength=12)
+            if not counts.any():
                 continue
-            batch = self.batch(position)
-            following = Position(position.epoch, position.step + 1)
-            if following.step >= steps:
-                following = Position(position.epoch + 1, 0)
+            major = int(np.argmax(counts))
+            cells = np.flatnonzero(grid == major)
+            flips = min(cells.size, max(1, int(self.noise_fraction * cells.size)))
+            rng = np.random.default_rng(key + [first_row + r])
+            where = cells[rng.permutation(cells.size)[:flips]]
+            others = colours[colours != major]
+            grid[where] = others[rng.integers(0, others.size, flips)]
+
+    def iterate(self, start: Position | None = None) -> Iterator[tuple[Position, dict]]:
+        """Endless (position of the next batch, batch) pairs from `start` (default: where this loader stands).
+
+        A position is (epoch in which the batch begins, batch index inside its iteration); a position at or past
+        the end of an iteration means the next iteration's start."""
+        first, step = self._locate(Position(*start) if start is not None else self.position)
+        E = self.epochs_per_iter
+        while True:
+            steps = self.steps_per_epoch(first)
+            if step >= steps:
+                first, step = first + E, 0
+                continue
+            batch = self._batch_at(first, step)
+            step += 1
+            following = Position(self._epoch_of(first, step), step) if step < steps else Position(first + E, 0)
             self.position = following
             yield following, batch
-            position = following
 
     def state_dict(self) -> dict:
         return {"epoch": int(self.position.epoch), "step": int(self.position.step), "seed": self.seed,
                 "global_batch_size": self.global_batch_size, "max_examples_per_puzzle": self.max_examples_per_puzzle,
-                "paths": list(self.paths)}
+                "epochs_per_iter": self.epochs_per_iter, "paths": list(self.paths)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the position; ValueError when the stream it came from had another seed or batch size."""
-        for key in ("seed", "global_batch_size", "max_examples_per_puzzle"):
+        """Restore the position; ValueError when the stream it came from had another seed, batch size or
+        iteration length."""
+        for key in ("seed", "global_batch_size", "max_examples_per_puzzle", "epochs_per_iter"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}")
-        self.position = self.position_from_state(state)
+        position = self.position_from_state(state)
+        self._locate(position)
+        self.position = position
 
     @staticmethod
     def position_from_state(state: dict) -> Position:
@@ -358,7 +515,7 @@ class TestLoader:
     __test__ = False  # not a pytest class
 
     def __init__(self, paths, global_batch_size: int, rank: int = 0, world_size: int = 1, split: str = "test",
-                 max_augmentations: int | None = None):
+                 max_augmentations: int | None = None, max_examples_per_puzzle: int | None = None):
         self.paths = _paths(paths)
         self.local_batch_size = _check_batch(global_batch_size, rank, world_size)
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
@@ -367,8 +524,10 @@ class TestLoader:
         self.set_names = [SET_NAME if i == 0 else f"{SET_NAME}{i}" for i in range(len(self.parts))]
         # identifier of every example, per part
         self._example_ids = [np.repeat(p.identifiers, np.diff(p.puzzle_indices)) for p in self.parts]
-        # the examples evaluated, per part (all, or the original + first max_augmentations variants of each group)
-        self._rows = [augmentation_rows(p.puzzle_indices, p.group_indices, max_augmentations) for p in self.parts]
+        # the examples evaluated, per part (all, or the original + first max_augmentations variants of each group,
+        # and at most max_examples_per_puzzle examples of each puzzle)
+        self._rows = [example_rows(p.puzzle_indices, p.group_indices, max_augmentations, max_examples_per_puzzle)
+                      for p in self.parts]
 
     def __len__(self) -> int:
         B = self.global_batch_size

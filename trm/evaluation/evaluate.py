@@ -153,6 +153,7 @@ def load_model(checkpoint: str, config: str | None, batch_size: int, device: tor
     table = state.get("model.inner.puzzle_emb.weights")
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     arch = {k: v for k, v in dataclasses.asdict(cfg.arch).items() if k in model_fields}
+    arch["halt_max_steps_eval"] = cfg.eval_halt_max_steps  # the run's evaluation depth (top-level key wins)
     if table is not None and table.ndim == 2:
         arch["num_puzzle_identifiers"] = int(table.shape[0])
         if num_identifiers and num_identifiers > table.shape[0]:

@@ -18,8 +18,10 @@ import torch
 POS_ENCODINGS = ("rope", "learned")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Keys a reference `arch:` section or model dict carries that are not model hyper-parameters:
-# `name` / `loss` name the classes to build, `causal` is always false for this model.
-TOLERATED_KEYS = ("name", "loss", "causal")
+# `name` / `loss` name the classes to build, `causal` is always false for this model, the Trelis fork's
+# `grid_noise_*` act on the training data (trm.data.loader) and its `lora_*` need lora_rank > 0 (refused).
+TOLERATED_KEYS = ("name", "loss", "causal", "grid_noise_prob", "grid_noise_fraction", "lora_rank", "lora_alpha",
+                  "lora_dropout", "lora_train_base", "lora_train_bias")
 
 
 def _is_int(value: Any) -> bool:
@@ -60,6 +62,10 @@ class ModelConfig:
     mlp_t: bool = False
     puzzle_emb_len: int = 16
     no_ACT_continue: bool = True
+    # Trelis fork: ACT steps in evaluation (None: halt_max_steps) and the trm-slim regularisers (training only)
+    halt_max_steps_eval: int | None = None
+    puzzle_emb_dropout: float = 0.0  # zero a row's whole puzzle embedding with this probability, rescale the rest
+    grid_token_dropout: float = 0.0  # dropout on the token embeddings
 
     def __post_init__(self) -> None:
         if self.puzzle_emb_ndim is None:
@@ -77,6 +83,13 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be an integer, got {value!r}")
             if value < (1 if name in positive else 0):
                 raise ValueError(f"ModelConfig.{name} must be {'>= 1' if name in positive else '>= 0'}, got {value}")
+        if self.halt_max_steps_eval is not None and (not _is_int(self.halt_max_steps_eval) or self.halt_max_steps_eval < 1):
+            raise ValueError(f"ModelConfig.halt_max_steps_eval must be an integer >= 1 or None, got {self.halt_max_steps_eval!r}")
+        for name in ("puzzle_emb_dropout", "grid_token_dropout"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"ModelConfig.{name} must lie in [0, 1), got {value!r}")
+            setattr(self, name, float(value))
         for name in ("mlp_t", "no_ACT_continue"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
@@ -135,7 +148,8 @@ class ModelConfig:
     def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
         """Build from a dict (e.g. a reference `arch:` section); unknown keys raise ValueError.
 
-        `name` and `loss` (the reference's class names) are ignored; `causal` is accepted when false.
+        `name` and `loss` (the reference's class names), the fork's data-side `grid_noise_*` and LoRA keys with
+        lora_rank 0 are ignored; `causal` is accepted when false.
         `overrides` win over `data` (e.g. num_puzzle_identifiers from the dataset).
         """
         if not isinstance(data, Mapping):
@@ -145,6 +159,8 @@ class ModelConfig:
         unknown = sorted(k for k in merged if k not in names and k not in TOLERATED_KEYS)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        if merged.get("lora_rank", 0):
+            raise ValueError(f"model config: lora_rank={merged['lora_rank']}: LoRA is not supported")
         if merged.get("causal", False) is not False:
             raise ValueError(f"model config: causal must be false (TRM attention is bidirectional), got {merged['causal']!r}")
         return cls(**{k: v for k, v in merged.items() if k in names})

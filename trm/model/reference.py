@@ -63,6 +63,9 @@ def read_reference_config(path: str | Path, **fields: Any) -> tuple[ModelConfig,
         raise ValueError(f"{path}: arch.loss.loss_type {loss_type!r} is not one of {sorted(LOSSES)}")
     if "global_batch_size" in top and "batch_size" not in arch:
         fields.setdefault("batch_size", top["global_batch_size"])
+    # the Trelis fork also has a top-level halt_max_steps_eval; it counts where the arch section leaves it null
+    if top.get("halt_max_steps_eval") is not None and arch.get("halt_max_steps_eval") is None:
+        fields.setdefault("halt_max_steps_eval", top["halt_max_steps_eval"])
     try:
         config = ModelConfig.from_dict(arch, **fields)
     except ValueError as err:

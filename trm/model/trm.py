@@ -110,8 +110,15 @@ class RecursiveCore(nn.Module):
     def embed(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
         c = self.config
         x = self.embed_tokens(inputs.to(torch.int32))
+        # the Trelis fork's regularisers, in training only; their draws come from torch's global RNG (saved in
+        # checkpoints), and none are made when the rates are 0
+        if self.training and c.grid_token_dropout > 0:
+            x = F.dropout(x, p=c.grid_token_dropout, training=True)
         if c.puzzle_emb_ndim > 0:
             p = self.puzzle_emb(puzzle_ids)
+            if self.training and c.puzzle_emb_dropout > 0:
+                keep = torch.rand(p.shape[0], device=p.device) >= c.puzzle_emb_dropout
+                p = p * (keep.to(p.dtype) / (1.0 - c.puzzle_emb_dropout)).unsqueeze(-1)
             pad = self.prefix_len * c.hidden_size - p.shape[-1]
             if pad > 0:
                 p = F.pad(p, (0, pad))
@@ -201,7 +208,8 @@ class TRM(nn.Module):
 
         with torch.no_grad():
             steps = steps + 1
-            last = steps >= c.halt_max_steps
+            limit = c.halt_max_steps if self.training or c.halt_max_steps_eval is None else c.halt_max_steps_eval
+            last = steps >= limit
             new_halted = last
             if self.training and c.halt_max_steps > 1:
                 new_halted = new_halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
