@@ -76,6 +76,54 @@ def test_env_and_loopback_only_ports(s3_server):
     assert ports <= set(s3_server.ports.values()), "weed opened a port we did not choose"
 
 
+def _jwt(key: str) -> str:
+    """An HS256 token with only an expiry claim, as SeaweedFS's filer and volume servers accept."""
+    import base64
+    import hashlib as _hashlib
+    import hmac
+    import json as _json
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(_json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(_json.dumps({"exp": int(time.time()) + 60}).encode())
+    sig = b64(hmac.new(key.encode(), f"{head}.{body}".encode(), _hashlib.sha256).digest())
+    return f"{head}.{body}.{sig}"
+
+
+def test_data_folder_private_and_filer_needs_the_credentials(s3_server):
+    """The data folder is 0700; the filer's HTTP API refuses reads and writes without a token signed with the
+    key derived from the S3 secret, and serves them with one (so it is locked, not broken)."""
+    import urllib.error
+    import urllib.request
+
+    for folder in (s3_server.data_dir, s3_server.data_dir / "data"):
+        assert folder.stat().st_mode & 0o077 == 0, f"{folder} is readable by others"
+    store = S3Store(s3_server.config())
+    uri = f"s3://trm/filer-lock/{os.urandom(4).hex()}.txt"
+    store.write_bytes(uri, b"private")
+    base = f"http://127.0.0.1:{s3_server.ports['filer']}/buckets/trm/{uri.split('/', 3)[3]}"
+
+    def call(method: str, url: str, token: str | None = None, data: bytes | None = None) -> int:
+        req = urllib.request.Request(url, data=data, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert call("GET", base) == 401
+    assert call("PUT", base + ".evil", data=b"evil") == 401
+    assert call("GET", f"http://127.0.0.1:{s3_server.ports['filer']}/buckets/trm/") == 401
+    assert not store.exists(uri + ".evil")
+    assert call("GET", base, token=_jwt(s3_server.jwt_key())) == 200
+    assert store.read_bytes(uri) == b"private"
+    assert (s3_server.data_dir / "security.toml").stat().st_mode & 0o077 == 0
+
+
 def test_second_server_coexists_restart_keeps_data_and_port(s3_server, tmp_path):
     with EmbeddedS3(tmp_path / "two") as two:
         assert not set(two.ports.values()) & set(s3_server.ports.values())
