@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 DEFAULT_MAX_AGE = 24 * 3600.0
-_TAG = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_.-]+?)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_TAG = re.compile(r"\.[a-z]+-(?P<host>[A-Za-z0-9_.-]+?)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
 def host() -> str:
@@ -30,9 +30,17 @@ def host() -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
 
 
-def temp_name(name: str) -> str:
-    """A hidden temporary name for `name`, unique across hosts, processes and threads."""
-    return f".{name}.tmp-{host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def temp_name(name: str, kind: str = "tmp") -> str:
+    """A hidden temporary name for `name`, unique across hosts, processes and threads:
+    `.<name>.<kind>-<host>-<pid>-<random>` (kind: lower-case letters, e.g. "tmp", "building", "old")."""
+    if not re.fullmatch(r"[a-z]+", kind):
+        raise ValueError(f"temp_name: kind must be lower-case letters, got {kind!r}")
+    return f".{name}.{kind}-{host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` was made by temp_name."""
+    return _TAG.search(name) is not None
 
 
 def process_alive(pid: int) -> bool:
@@ -72,7 +80,7 @@ def reap_temporaries(parent: Path, name: str | None = None, max_age: float = DEF
         children = list(Path(parent).iterdir())
     except OSError:
         return removed
-    prefix = f".{name}.tmp-" if name else "."
+    prefix = f".{name}." if name else "."
     for child in children:
         if child.name.startswith(prefix) and writer_gone(child, max_age):
             if child.is_dir() and not child.is_symlink():
