@@ -122,6 +122,7 @@ class TrainConfig:
     run_dir: str | None = None  # metrics.jsonl, eval/step-N/; default runs/<run_name>; local or s3://
     eval_max_augmentations: int | None = None  # evaluate the original + first N variants per group (Trelis fork)
     checkpoint_every_n_steps: int | None = None  # also checkpoint every N optimiser steps
+    checkpoint_every_minutes: float | None = None  # also checkpoint when this much time passed since the last save
     keep_last: int = 3  # step checkpoints kept besides the evaluated ones
     max_examples_per_puzzle: int | None = None  # Trelis: cap examples taken from one puzzle per epoch
     micro_batch_size: int | None = None  # per-rank rows per forward; global batch = accumulation of these
@@ -155,6 +156,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be >= 1 or null, got {value}")
+        if self.checkpoint_every_minutes is not None and not self.checkpoint_every_minutes > 0:
+            raise ValueError(f"checkpoint_every_minutes must be > 0 or null, got {self.checkpoint_every_minutes}")
         if self.eval_max_augmentations is not None and self.eval_max_augmentations < 0:
             raise ValueError(f"eval_max_augmentations must be >= 0 or null, got {self.eval_max_augmentations}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -183,6 +186,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data_paths": ["data/arc2concept-aug-1000"],
         "arch": {"L_layers": 2, "H_cycles": 3, "L_cycles": 4},
         "ema": True,
+        # a hard kill (no SIGTERM) loses at most this much of 4 GPUs; a seed-size checkpoint takes well under a
+        # minute to write (bench/bench_checkpoint.py), so this costs < 2% of the run
+        "checkpoint_every_minutes": 30,
     },
     # Small and fast on CPU: tests and bench/bench_learn.py.
     "cpu-tiny": {

@@ -389,16 +389,41 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+def _config(args: argparse.Namespace) -> BuildConfig:
     names = list(args.test_set_name) + ([args.test_set_name2] if args.test_set_name2 else [])
-    config = BuildConfig(
+    return BuildConfig(
         input_file_prefix=args.input_file_prefix, output_dir=args.output_dir, subsets=args.subsets,
         test_set_name=list(dict.fromkeys(names)), train_only_subsets=args.train_only_subsets, num_aug=args.num_aug,
         seed=args.seed, puzzle_identifiers_start=args.puzzle_identifiers_start,
         enable_train_translation=args.enable_train_translation, workers=args.workers,
     )
+
+
+def check_reuse(uri: str, argv: list[str]) -> dict:
+    """Before reusing the complete dataset at the s3:// `uri` for `trm build-dataset argv`: its `_COMPLETE` must
+    record the same build parameters. ValueError naming every difference (or the missing record); returns them."""
+    from trm.identity import differences
+    from trm.storage import open_store
+
+    wanted = _config(parser().parse_args(argv)).identity()
+    manifest = open_store().manifest(uri)
+    if manifest is None:
+        raise FileNotFoundError(f"{uri}: no complete dataset there")
+    recorded = manifest.meta.get("build")
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{uri} holds a dataset without a record of its build parameters (written by an older "
+                         "version); submit with another run_id, or delete that folder to rebuild it")
+    diff = differences(recorded, wanted)
+    if diff:
+        raise ValueError(f"{uri} was built with other parameters ({'; '.join(diff)}); submit with another run_id, "
+                         "or with the parameters it was built with")
+    return recorded
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    config = _config(args)
     if not config.test_set_name:
         log.warning("no --test-set-name: every subset goes to the train split and no test split is written")
     # SIGTERM (e.g. a pod being stopped) unwinds like Ctrl-C, so the temporary folder is removed.
