@@ -240,14 +240,25 @@ class Watcher(threading.Thread):
                                       retry_seconds=0), connect_timeout=0.5)
         self.store.retry_log_level = logging.DEBUG
         self.uri, self.sizes, self.stop_event = uri, [], threading.Event()
+        self.absent = 0  # polls that found no object under the name (while the upload ran)
 
     def run(self):
         while not self.stop_event.is_set():
             try:
                 self.sizes.append(self.store.stat(self.uri).size)
-            except (FileNotFoundError, ConnectionError, RuntimeError):
+            except FileNotFoundError:
+                self.absent += 1
+            except (ConnectionError, RuntimeError):
                 pass
             time.sleep(0.02)
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Keep polling until the object has been seen at least once (or timeout), then stop."""
+        deadline = time.monotonic() + timeout
+        while not self.sizes and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.stop_event.set()
+        self.join()
 
 
 @pytest.mark.parametrize("part_size", [64 * MB, 8 * MB], ids=["single-put", "multipart"])
@@ -268,11 +279,13 @@ def test_upload_survives_server_crash_midway(crash_server, tmp_path, monkeypatch
     try:
         store.upload_file(src, uri)
     finally:
-        watcher.stop_event.set()
-        watcher.join()
+        watcher.finish()
         relay.close()
     assert relay.fired.is_set() and relay.done.wait(60), "the server was never restarted mid-upload"
     assert any("retry" in r.getMessage() and "upload" in r.getMessage() for r in caplog.records)
+    # the watcher really watched: it saw the name empty during the upload, then the object once it was there
+    assert watcher.absent > 0, "the watcher never polled while the upload ran"
+    assert watcher.sizes, "the watcher never saw the object: it proves nothing"
     assert all(size == len(data) for size in watcher.sizes), f"partial object visible: {set(watcher.sizes)}"
     direct = S3Store(crash_server.config())
     assert direct.stat(uri).size == len(data)

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, StoreError) as exc:
         from trm.storage.config import env_secrets, redact
 
-        print(f"trm artifacts {args.action}: {redact(exc, env_secrets())}", file=sys.stderr)
+        print(f"trm artifacts {args.action}: error: {redact(exc, env_secrets())}", file=sys.stderr)
         return 1
 
 

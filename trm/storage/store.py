@@ -527,23 +527,31 @@ class S3Store:
             return rel, (size, etag)
 
         listing = dict(self._map(put, files))
+        self._still_mine(uri, token)  # before removing anything: an overtaken writer must not touch the other's
         self._remove_stale(uri, set(listing))
+        self._still_mine(uri, token)
+        self.write_bytes(join(uri, COMPLETE), _manifest_bytes(listing, meta))
+        self.delete(join(uri, UPLOADING))
+        return s3_uri(bucket, key)
+
+    def _still_mine(self, uri: str, token: str) -> None:
         try:
             current = json.loads(self.read_bytes(join(uri, UPLOADING))).get("id")
         except (FileNotFoundError, ValueError):
             current = None
         if current != token:
             raise StoreError(f"upload to {uri}: another upload to the same folder started while this one ran; "
-                             f"it was not marked complete (run one writer per folder)")
-        self.write_bytes(join(uri, COMPLETE), _manifest_bytes(listing, meta))
-        self.delete(join(uri, UPLOADING))
-        return s3_uri(bucket, key)
+                             f"this one was not marked complete (run one writer per folder)")
 
     def _remove_stale(self, uri: str, keep: set[str]) -> int:
-        """Delete objects under `uri` that are not in `keep` (relative keys) nor the markers."""
+        """Delete objects under `uri` that are neither in `keep` (relative keys) nor markers, sparing any nested
+        folder that has markers of its own (another trm folder below this one)."""
         bucket, prefix = parse_s3(uri)
-        stale = [e.key for e in self.entries(uri, recursive=True)
-                 if not e.is_dir and e.key[len(prefix) + 1:] not in keep | {UPLOADING, COMPLETE}]
+        rels = [e.key[len(prefix) + 1:] for e in self.entries(uri, recursive=True) if not e.is_dir]
+        nested = {rel.rsplit("/", 1)[0] + "/" for rel in rels
+                  if "/" in rel and rel.rsplit("/", 1)[1] in (COMPLETE, UPLOADING)}
+        stale = [f"{prefix}/{rel}" for rel in rels
+                 if rel not in keep | {UPLOADING, COMPLETE} and not any(rel.startswith(n) for n in nested)]
         if stale:
             self._delete_keys(uri, bucket, stale)
         return len(stale)
