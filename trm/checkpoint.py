@@ -417,7 +417,46 @@ class Checkpoints:
                 _say(f"WARNING: could not prune step-{step}: {err}")
                 continue
             removed.append(step)
+        if just_written is not None:
+            try:
+                self._sweep_incomplete(below=just_written, complete=set(steps))
+            except (OSError, RuntimeError) as err:
+                log.warning("leftovers under %s not swept: %s", self.root, err)
         return removed
+
+    def _sweep_incomplete(self, below: int, complete: set[int], max_age: float = 3600.0) -> None:
+        """Remove what killed prunes and uploads left: step folders below `below` that are not complete.
+
+        Local: a `step-N` without meta.json can only be a prune cut short (saves rename whole folders into place).
+        s3: a `step-N/` prefix without `_COMPLETE`, unless an upload marker (`_UPLOADING`) younger than max_age
+        says someone may still be writing it."""
+        if not self.remote:
+            root = Path(self.root)
+            for child in root.iterdir() if root.is_dir() else []:
+                match = STEP_DIR.match(child.name)
+                if match and int(match.group(1)) < below and not (child / META).exists() and child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+            return
+        from datetime import datetime, timezone
+
+        store = self._store()
+        folders: dict[int, list] = {}
+        for entry in store.entries(self.root, recursive=True):
+            rel = str(entry.uri)[len(self.root) + 1:].split("/")
+            if len(rel) >= 2 and STEP_DIR.match(rel[0]):
+                folders.setdefault(int(STEP_DIR.match(rel[0]).group(1)), []).append((rel[-1], entry))
+        now = datetime.now(timezone.utc)
+        for step, items in folders.items():
+            if step >= below or step in complete:
+                continue
+            names = {name: entry for name, entry in items}
+            if COMPLETE in names:
+                continue
+            marker = names.get("_UPLOADING")
+            if marker is not None and marker.modified is not None and \
+                    (now - marker.modified).total_seconds() < max_age:
+                continue
+            store.delete_prefix(self.where(step))
 
     def _remove(self, step: int) -> None:
         if self.remote:

@@ -639,9 +639,11 @@ class Trainer:
                 stop, due = self._agree(preemption.requested, self._time_checkpoint_due())
                 if done or stop or due or (evaluated and cfg.checkpoint_every_eval) or (
                     cfg.checkpoint_every_n_steps and self.step % cfg.checkpoint_every_n_steps == 0):
+                    # metrics.jsonl (and the evaluation) go up before the checkpoint: a kill in between leaves
+                    # lines beyond the newest checkpoint (dropped on resume), never a checkpoint without its lines
+                    self.push(self.step if evaluated else None)
                     if self.saved_step != self.step or evaluated:
                         self.save(evaluated=evaluated)
-                    self.push(self.step if evaluated else None)
                 elif evaluated:
                     self.push(self.step)
                 if stop and not done:
