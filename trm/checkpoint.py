@@ -32,7 +32,6 @@ deleted, and an old model can never be taken for the new run's.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -73,10 +72,13 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _torch_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
+def _torch_write(path: Path, obj: Any) -> int:
+    """torch.save straight into the file (no in-memory copy of a multi-GB table), fsync; returns its size."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path.stat().st_size
 
 
 def new_generation() -> str:
@@ -188,30 +190,41 @@ class Checkpoints:
         sizes = meta["files"]
         wanted = names if names is not None else list(sizes)
         out: dict[str, Any] = {META: meta}
-        for name in wanted:
-            if _is_s3(where):
-                try:
-                    data = self._store().read_bytes(f"{where}/{name}")
-                except FileNotFoundError:
-                    raise BadCheckpoint(f"checkpoint {where}: {name} is missing") from None
-            else:
-                path = Path(where) / name
-                if not path.is_file():
-                    raise BadCheckpoint(f"checkpoint {where}: {name} is missing")
-                data = path.read_bytes()
-            if name in sizes and len(data) != sizes[name]:
-                raise BadCheckpoint(f"checkpoint {where}: {name} has {len(data)} bytes, meta.json says {sizes[name]}")
-            if name.endswith(".pt"):
-                try:
-                    out[name] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-                except Exception as err:  # noqa: BLE001 - any unpickling failure means the same: unusable file
-                    raise BadCheckpoint(f"checkpoint {where}: {name} cannot be loaded ({type(err).__name__}: "
-                                        f"{str(err)[:200]})") from None
-            else:
-                try:
-                    out[name] = data.decode()
-                except UnicodeDecodeError:
-                    raise BadCheckpoint(f"checkpoint {where}: {name} is not UTF-8 text") from None
+        scratch = None
+        try:
+            for name in wanted:
+                if _is_s3(where):  # a temporary local copy: torch reads files without a second in-memory copy
+                    if scratch is None:
+                        scratch = self.staging_dir() / temp_name("load")
+                        scratch.mkdir(parents=True)
+                    path = scratch / name
+                    try:
+                        self._store().download_file(f"{where}/{name}", path, size=sizes.get(name))
+                    except FileNotFoundError:
+                        raise BadCheckpoint(f"checkpoint {where}: {name} is missing") from None
+                    except ValueError as err:  # DamagedFolder: another size than listed
+                        raise BadCheckpoint(f"checkpoint {where}: {err}") from None
+                else:
+                    path = Path(where) / name
+                    if not path.is_file():
+                        raise BadCheckpoint(f"checkpoint {where}: {name} is missing")
+                size = path.stat().st_size
+                if name in sizes and size != sizes[name]:
+                    raise BadCheckpoint(f"checkpoint {where}: {name} has {size} bytes, meta.json says {sizes[name]}")
+                if name.endswith(".pt"):
+                    try:
+                        out[name] = torch.load(path, map_location="cpu", weights_only=True)
+                    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same: unusable
+                        raise BadCheckpoint(f"checkpoint {where}: {name} cannot be loaded ({type(err).__name__}: "
+                                            f"{str(err)[:200]})") from None
+                else:
+                    try:
+                        out[name] = path.read_bytes().decode()
+                    except UnicodeDecodeError:
+                        raise BadCheckpoint(f"checkpoint {where}: {name} is not UTF-8 text") from None
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         return out
 
     # -- resume -----------------------------------------------------------------------------------------------
@@ -342,9 +355,7 @@ class Checkpoints:
         try:
             listing = {}
             for name, obj in (objects or {}).items():
-                data = _torch_bytes(obj)
-                _fsync_write(tmp / name, data)
-                listing[name] = len(data)
+                listing[name] = _torch_write(tmp / name, obj)
             for name, text in (texts or {}).items():
                 data = text.encode()
                 _fsync_write(tmp / name, data)
