@@ -186,8 +186,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data_paths": ["data/arc2concept-aug-1000"],
         "arch": {"L_layers": 2, "H_cycles": 3, "L_cycles": 4},
         "ema": True,
-        # a hard kill (no SIGTERM) loses at most this much of 4 GPUs; a seed-size checkpoint takes well under a
-        # minute to write (bench/bench_checkpoint.py), so this costs < 2% of the run
+        # a hard kill (no SIGTERM) loses at most this much of 4 GPUs; a seed-size checkpoint (2.8 GB) took under
+        # a minute to write even to S3 on a loaded 2-core machine (bench/bench_checkpoint.py): < 3% of the run
         "checkpoint_every_minutes": 30,
     },
     # Small and fast on CPU: tests and bench/bench_learn.py.

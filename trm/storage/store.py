@@ -48,7 +48,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from trm.storage.config import S3Config, redact, trm_home
-from trm.storage.local import atomic_write, host, process_alive, temp_name
+from trm.storage.local import atomic_write, host, temp_name
 from trm.storage.uri import is_s3, join, parse_s3, s3_uri
 
 log = logging.getLogger("trm.storage")
