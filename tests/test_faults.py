@@ -82,7 +82,8 @@ def tiny(fixtures_dir: Path) -> str:
 
 
 def _fake_steps(root: Path | str, steps: list[int], generation: str = "old-run") -> None:
-    ck = Checkpoints(root, keep_last=10, generation=generation)
+    ck = Checkpoints(root, keep_last=10)
+    ck.generation = generation
     for step in steps:
         ck.save(step, objects={"model.pt": {"w": torch.full((4,), float(step))}}, texts={"config.yaml": "x: 1\n"})
 
@@ -166,10 +167,10 @@ def test_resume_false_moves_higher_steps_aside_and_keeps_the_new_ones(tiny, tmp_
     run = tmp_path / "run"
     _fake_steps(run / "checkpoints", [1000, 2000, 3000])
     done = train(f"data_paths=[{tiny}]", f"run_dir={run}", "max_steps=4", "keep_last=1", "resume=False")
-    assert "resume=False: moved 3 existing checkpoint(s)" in done.stderr
     ck = Checkpoints(run / "checkpoints")
     assert ck.latest() == str(run / "checkpoints" / "step-4"), ck.complete_steps()
     assert ck.complete_steps() == [4]
+    assert "resume=False: moved 3 existing checkpoint(s)" in done.stderr
     aside = list((run / "checkpoints" / "aside").glob("*-superseded/step-3000/meta.json"))
     assert len(aside) == 1, "the old checkpoints must be kept aside, not deleted"
 
@@ -211,18 +212,22 @@ def test_truncated_newest_checkpoint_is_set_aside_and_the_previous_one_used(tiny
     assert Checkpoints(broken / "checkpoints").latest().endswith("step-8")
 
 
-def test_unloadable_checkpoint_of_right_size_is_set_aside(tmp_path):
-    """Same sizes as meta.json says, but garbage inside: torch cannot load it, so it is bad too."""
+def test_unloadable_or_resized_checkpoint_files_are_set_aside(tmp_path):
+    """step-3: a text file shorter than meta.json says (only the size check sees it); step-2: the right size but
+    garbage inside (torch cannot load it). Both are moved aside; step-1 is used."""
     ck = Checkpoints(tmp_path, keep_last=5)
     ck.fingerprint, ck.identity = "fp", {}
-    for step in (1, 2):
-        ck.save(step, objects={"model.pt": {"w": torch.zeros(8)}, "optimizer.pt": {}, "train_state.pt": {}})
+    for step in (1, 2, 3):
+        ck.save(step, objects={"model.pt": {"w": torch.zeros(8)}, "optimizer.pt": {}, "train_state.pt": {}},
+                texts={"config.yaml": "lr: 0.001\n" * 20})
+    (tmp_path / "step-3" / "config.yaml").write_text("lr: 0.001\n")
     path = tmp_path / "step-2" / "model.pt"
     path.write_bytes(b"\0" * path.stat().st_size)
     fresh = Checkpoints(tmp_path, keep_last=5)
     where, loaded = fresh.select("fp", {}, required=("model.pt",))
     assert where == str(tmp_path / "step-1") and torch.equal(loaded["model.pt"]["w"], torch.zeros(8))
     assert list(tmp_path.glob("aside/*-bad/step-2/model.pt"))
+    assert list(tmp_path.glob("aside/*-bad/step-3/config.yaml"))
 
 
 @pytest.mark.s3
@@ -257,7 +262,8 @@ def test_corrupt_old_meta_never_fails_a_later_save(tmp_path):
 
 def test_prune_never_deletes_the_checkpoint_just_written(tmp_path):
     _fake_steps(tmp_path, [1000, 2000, 3000], generation="someone-else")
-    ck = Checkpoints(tmp_path, keep_last=1, generation="this-run")
+    ck = Checkpoints(tmp_path, keep_last=1)
+    ck.generation = "this-run"
     where = ck.save(100, objects={"model.pt": {"w": torch.zeros(2)}})
     assert Path(where).is_dir(), "save() returned a folder that pruning deleted"
     ck.save(200, objects={"model.pt": {"w": torch.zeros(2)}})
@@ -488,3 +494,72 @@ def test_ordinary_mistakes_end_in_one_sentence(tmp_path, arc_dir, tiny):
     # TRM_DEBUG=1 shows where it came from
     debug = trm("export-submission", "--submission", str(missing), env=_env(TRM_DEBUG="1"))
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.s3
+def test_checkpoint_staged_locally_is_uploaded_by_the_next_start(s3_env, tmp_path, monkeypatch):
+    """A process killed between writing a checkpoint locally and uploading it: the next start uploads it first,
+    so the preemption checkpoint is not lost when S3 was slow."""
+    import trm.checkpoint as ckpt_module
+
+    monkeypatch.setenv("TRM_HOME", str(tmp_path / "home"))
+    root = unique("staged")
+    ck = Checkpoints(root, keep_last=3)
+    ck.fingerprint, ck.identity = "fp", {}
+    ck.save(1, objects={"model.pt": {"w": torch.ones(2)}})
+    real = ckpt_module.publish
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("SIGKILL stand-in: the upload never happened")
+
+    monkeypatch.setattr(ckpt_module, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save(2, objects={"model.pt": {"w": torch.full((2,), 2.0)}})
+    monkeypatch.setattr(ckpt_module, "publish", real)
+    assert Checkpoints(root).complete_steps() == [1]
+    where, loaded = Checkpoints(root).select("fp", {})
+    assert where == f"{root}/step-2" and loaded["model.pt"]["w"][0] == 2
+    assert not any(ck.staging_dir().glob("step-*")), "the staged copy stays after its upload"
+
+
+def test_temporaries_of_other_hosts_are_judged_by_age_not_pid(tmp_path):
+    """Pods sharing a volume: a temporary of another host is never removed because its pid is unknown here."""
+    from trm.storage.local import host, reap_temporaries, temp_name
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    mine_dead = tmp_path / f".ds.building-{host()}-{dead}-0123abcd"
+    mine_live = tmp_path / temp_name("ds", "building")
+    other_recent = tmp_path / f".ds.building-other-pod-7-{dead}-0123abcd"
+    other_old = tmp_path / f".ds.building-other-pod-7-{dead}-4567cdef"
+    for path in (mine_dead, mine_live, other_recent, other_old):
+        path.mkdir()
+    os.utime(other_old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    removed = reap_temporaries(tmp_path, "ds")
+    assert sorted(p.name for p in removed) == sorted([mine_dead.name, other_old.name])
+    assert mine_live.exists() and other_recent.exists()
+
+
+def test_atomic_writes_from_many_writers_never_collide(tmp_path):
+    import threading
+
+    from trm.storage.local import atomic_write
+
+    target = tmp_path / "metrics.json"
+    errors = []
+
+    def writer(i: int) -> None:
+        try:
+            for j in range(30):
+                atomic_write(target, json.dumps({"writer": i, "n": j, "pad": "x" * 5000}))
+        except Exception as exc:  # noqa: BLE001 - collected and shown
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert json.loads(target.read_text())["n"] == 29
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
