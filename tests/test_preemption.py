@@ -5,8 +5,8 @@ that step, exits with EXIT_PREEMPTED (143), and the same command continues exact
 
 One process, and 2 gloo ranks started the way torchrun starts them (RANK / WORLD_SIZE / MASTER_* in the
 environment) so that each rank's own exit code is seen; only rank 1 gets the signal, so rank 0 stops because the
-ranks agree, not because it was signalled too. A last test sends SIGTERM to torchrun itself (what Kubernetes
-does to the container's first process), which forwards it to its workers.
+ranks agree, not because it was signalled too. A last test (slow) sends SIGTERM to torchrun itself (what
+Kubernetes does to the container's first process), which forwards it to its workers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 from trm.train import EXIT_PREEMPTED
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 14
+STEPS = 10
 ARGS = ["preset=cpu-tiny", "global_batch_size=4", "micro_batch_size=null", "num_threads=1", "progress=False",
         "wandb=off", "epochs=1000", "eval_interval=1000", f"max_steps={STEPS}", "checkpoint_every_n_steps=4",
         "arch.halt_max_steps=3", "ema=True", "keep_last=2", "run_name=sigterm"]
@@ -139,6 +139,7 @@ def test_sigterm_checkpoints_the_step_and_resume_continues_exactly(tiny, tmp_pat
     assert _checkpoint_steps(broken)[-1] == STEPS
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_reaches_the_workers(tiny, tmp_path):
     """Kubernetes signals the container's first process: torchrun forwards SIGTERM to its workers, which write
     the checkpoint of the step they stop at (torchrun itself then exits non-zero: see docs/training.md)."""

@@ -318,7 +318,7 @@ def check_destination(output_dir: str):
         return None
     bucket, _ = parse_s3(output_dir)
     store = open_store()
-    store.check(timeout=15.0)
+    store.check(timeout=min(15.0, store.config.retry_seconds or 15.0))
     store.ensure_bucket(bucket)
     probe = f"s3://{bucket}/.trm-write-probe-{host()}-{os.getpid()}"
     store.write_bytes(probe, b"ok")
