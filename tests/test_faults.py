@@ -408,10 +408,12 @@ def test_old_format_markers_are_still_read(s3_env, tmp_path):
 # -- clear errors -------------------------------------------------------------------------------------------------
 
 @pytest.mark.s3
-def test_wrong_bucket_fails_in_one_line(s3_env):
+def test_wrong_bucket_fails_in_one_line(s3_env, tmp_path):
     env = _env(**s3_env)
     one_line_error(trm("artifacts", "ls", "s3://no-such-bucket/", env=env), "no-such-bucket", "does not exist")
-    one_line_error(trm("artifacts", "cp", "s3://no-such-bucket/x", "/tmp/never-written", env=env), "no-such-bucket")
+    one_line_error(trm("artifacts", "cp", "s3://no-such-bucket/x", str(tmp_path / "never-written"), env=env),
+                   "bucket 'no-such-bucket' does not exist")
+    assert not (tmp_path / "never-written").exists()
 
 
 def _closed_port() -> int:

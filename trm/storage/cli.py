@@ -136,6 +136,9 @@ def cmd_cp(src: str, dst: str, allow_incomplete: bool = False, env=None) -> str:
 
     is_file = _is_object(store, src)
     if not is_file and not store.entries(src):
+        bucket = parse_s3(src)[0]
+        if not store.exists(f"s3://{bucket}"):
+            raise FileNotFoundError(f"{src}: bucket {bucket!r} does not exist on {store.endpoint}")
         raise FileNotFoundError(f"{src}: no such object or folder on {store.endpoint}")
     if not is_s3(dst):
         if is_file:

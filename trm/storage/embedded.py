@@ -185,12 +185,9 @@ class EmbeddedS3:
         """security.toml in the server's working folder: JWT signing on the filer and volume HTTP APIs."""
         sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
         text = "".join(f'[{name}]\nkey = "{self.jwt_key()}"\nexpires_after_seconds = 60\n\n' for name in sections)
-        path = self.data_dir / "security.toml"
-        tmp = path.with_name(f".security.toml.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        from trm.storage.local import atomic_write
+
+        atomic_write(self.data_dir / "security.toml", text, mode=0o600)
 
     def _write_s3_config(self) -> None:
         conf = self.data_dir / "conf"
@@ -201,11 +198,9 @@ class EmbeddedS3:
             "credentials": [{"accessKey": self.access_key, "secretKey": self._secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }]}
-        tmp = conf / f".s3.json.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, conf / "s3.json")
+        from trm.storage.local import atomic_write
+
+        atomic_write(conf / "s3.json", json.dumps(doc), mode=0o600)
 
     @property
     def log_path(self) -> Path:
