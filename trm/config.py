@@ -122,7 +122,9 @@ class TrainConfig:
     run_dir: str | None = None  # metrics.jsonl, eval/step-N/; default runs/<run_name>; local or s3://
     eval_max_augmentations: int | None = None  # evaluate the original + first N variants per group (Trelis fork)
     checkpoint_every_n_steps: int | None = None  # also checkpoint every N optimiser steps
-    checkpoint_every_minutes: float | None = None  # also checkpoint when this much time passed since the last save
+    # also checkpoint when this much time passed since the last save (bounds what a hard kill loses); on by default
+    # (so the reference's seed command, as written, gets it too), off in cpu-tiny
+    checkpoint_every_minutes: float | None = 30.0
     keep_last: int = 3  # step checkpoints kept besides the evaluated ones
     max_examples_per_puzzle: int | None = None  # Trelis: cap examples taken from one puzzle per epoch
     micro_batch_size: int | None = None  # per-rank rows per forward; global batch = accumulation of these
@@ -188,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema": True,
         # a hard kill (no SIGTERM) loses at most this much of 4 GPUs; a seed-size checkpoint (2.8 GB) took under
         # a minute to write even to S3 on a loaded 2-core machine (bench/bench_checkpoint.py): < 3% of the run
-        "checkpoint_every_minutes": 30,
+        "checkpoint_every_minutes": 30.0,
     },
     # Small and fast on CPU: tests and bench/bench_learn.py.
     "cpu-tiny": {
@@ -222,6 +224,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "evaluators": [],
         "device": "cpu",
         "wandb": "off",
+        "checkpoint_every_minutes": None,  # runs of minutes: checkpoints come from steps and evaluations
     },
 }
 
