@@ -156,20 +156,23 @@ def reference(s3_server, tiny, driver, tmp_path_factory):
     home = tmp_path_factory.mktemp("ref-home")
     run = f"s3://trm/kill-trials/ref-{os.urandom(3).hex()}"
     env = _env(s3_server.env(), home)
+    start = time.monotonic()
     assert _run(["train", *TRAIN, f"data_paths=[{tiny}]", f"run_dir={run}"], env, driver) == 0
+    duration = time.monotonic() - start
     metrics = _metrics(S3Store(s3_server.config()), run)
     assert sorted(metrics) == list(range(1, STEPS + 1))
-    return run, metrics
+    return run, metrics, duration
 
 
-def _plan(seed: int) -> list[tuple[str, str | None, float | None]]:
-    """The kills of one trial: (kind, TRM_TEST_KILL value or None, external delay or None)."""
+def _plan(seed: int, duration: float) -> list[tuple[str, str | None, float | None]]:
+    """The kills of one trial: (kind, TRM_TEST_KILL value or None, external delay or None). `duration`: how long
+    an uninterrupted run took here, so that a kill from outside lands inside the run (20-80% of it)."""
     rng = random.Random(seed)
     kills = []
     for _ in range(rng.choice((1, 1, 2))):
         kind = KINDS[seed % len(KINDS)] if not kills else rng.choice(KINDS)
         if kind == "time":
-            kills.append((kind, None, rng.uniform(2.0, 8.0)))
+            kills.append((kind, None, rng.uniform(0.2, 0.8) * duration))
         else:
             # checkpoints come every 2 steps (8 files each); prunes start at the third save
             n = {"upload": rng.randint(1, 40), "marker": rng.randint(1, 4), "staged": rng.randint(1, 4),
@@ -179,13 +182,13 @@ def _plan(seed: int) -> list[tuple[str, str | None, float | None]]:
 
 
 def _trial(seed: int, s3_server, tiny: str, driver: Path, reference, tmp_path: Path) -> list[str]:
-    ref_run, ref_metrics = reference
+    _, ref_metrics, duration = reference
     store = S3Store(s3_server.config())
     run = f"s3://trm/kill-trials/t{seed}-{os.urandom(3).hex()}"
     home = tmp_path / f"home-{seed}"
     args = ["train", *TRAIN, f"data_paths=[{tiny}]", f"run_dir={run}"]
     happened = []
-    for kind, kill, delay in _plan(seed):
+    for kind, kill, delay in _plan(seed, duration):
         code = _run(args, _env(s3_server.env(), home, kill), driver, delay=delay)
         happened.append(f"{kill or f'time:{delay:.1f}s'}->{'killed' if code else 'finished'}")
     assert _run(args, _env(s3_server.env(), home), driver) == 0
@@ -264,8 +267,12 @@ def test_seeded_kill_trials(s3_server, tiny, driver, reference, tmp_path):
     """12 seeded trials (every kind at least twice), then 10 of `trm artifacts cp`; prints what happened."""
     start = time.monotonic()
     report = []
+    kills = 0
     for seed in range(12):
-        report.append(f"train seed {seed}: {', '.join(_trial(seed, s3_server, tiny, driver, reference, tmp_path))}")
+        happened = _trial(seed, s3_server, tiny, driver, reference, tmp_path)
+        kills += sum("killed" in h for h in happened)
+        report.append(f"train seed {seed}: {', '.join(happened)}")
     for seed in range(10):
         report.append(f"cp seed {seed}: {_cp_trial(seed, s3_server, tiny, driver, tmp_path)}")
-    print("\n".join(report) + f"\n{len(report)} trials in {time.monotonic() - start:.0f} s")
+    print("\n".join(report) + f"\n{len(report)} trials, {kills} kills of trm train, in {time.monotonic() - start:.0f} s")
+    assert kills >= 12, "too few trials killed the run: the kill moments no longer fall inside it"
