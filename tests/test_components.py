@@ -169,9 +169,9 @@ def test_build_dataset_writes_to_s3_and_points_at_it(s3_env, built, tmp_path, ca
     assert exists(uri + "/_COMPLETE") and exists(uri + "/test_puzzles.json")
     assert dataset.metadata["test_puzzles"] == read_json(uri + "/test/dataset.json")["total_puzzles"] > 0
     assert dataset.metadata["train_puzzles"] > 0
-    # a second run on the same root (a retried step) reuses the complete dataset
+    # a second run on the same root with the same parameters (a retried step) reuses the complete dataset
     again = artifact(dsl.Dataset, tmp_path, "again")
-    build_dataset.python_func(s3_endpoint="", run_root=root, input_prefix="/ignored/when/complete",
+    build_dataset.python_func(s3_endpoint="", run_root=root, input_prefix=dataset.metadata["source"],
                               subsets=["training2", "evaluation2"], test_set_names=["evaluation2"],
                               train_only_subsets=[], num_aug=1, seed=42, enable_train_translation=True,
                               dataset=again)

@@ -127,3 +127,14 @@ def test_config_rejects_bad_values():
                 {"subsets": ["a", "a"]}, {"train_only_subsets": ["zzz"]}, {"subsets": "training2"}):
         with pytest.raises(ValueError):
             BuildConfig(**{**good, **bad})
+
+
+@pytest.mark.parametrize("bad", ["abc|||t1", "a/b", "../x", ".hidden", "a b", "", "x" * 129, "a\\b"])
+def test_task_ids_that_would_break_names_are_refused(bad):
+    from trm.data.validate import parse_tasks
+
+    task = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]]}]}
+    with pytest.raises(ValueError, match="task id"):
+        parse_tasks({bad: task}, "some_challenges.json")
+    assert list(parse_tasks({"007bbfb7": task, "AboveBelow1": task, "a_b-c.d": task}, "ok.json")) == [
+        "007bbfb7", "AboveBelow1", "a_b-c.d"]

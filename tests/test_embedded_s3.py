@@ -76,6 +76,54 @@ def test_env_and_loopback_only_ports(s3_server):
     assert ports <= set(s3_server.ports.values()), "weed opened a port we did not choose"
 
 
+def _jwt(key: str) -> str:
+    """An HS256 token with only an expiry claim, as SeaweedFS's filer and volume servers accept."""
+    import base64
+    import hashlib as _hashlib
+    import hmac
+    import json as _json
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(_json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(_json.dumps({"exp": int(time.time()) + 60}).encode())
+    sig = b64(hmac.new(key.encode(), f"{head}.{body}".encode(), _hashlib.sha256).digest())
+    return f"{head}.{body}.{sig}"
+
+
+def test_data_folder_private_and_filer_needs_the_credentials(s3_server):
+    """The data folder is 0700; the filer's HTTP API refuses reads and writes without a token signed with the
+    key derived from the S3 secret, and serves them with one (so it is locked, not broken)."""
+    import urllib.error
+    import urllib.request
+
+    for folder in (s3_server.data_dir, s3_server.data_dir / "data"):
+        assert folder.stat().st_mode & 0o077 == 0, f"{folder} is readable by others"
+    store = S3Store(s3_server.config())
+    uri = f"s3://trm/filer-lock/{os.urandom(4).hex()}.txt"
+    store.write_bytes(uri, b"private")
+    base = f"http://127.0.0.1:{s3_server.ports['filer']}/buckets/trm/{uri.split('/', 3)[3]}"
+
+    def call(method: str, url: str, token: str | None = None, data: bytes | None = None) -> int:
+        req = urllib.request.Request(url, data=data, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    assert call("GET", base) == 401
+    assert call("PUT", base + ".evil", data=b"evil") == 401
+    assert call("GET", f"http://127.0.0.1:{s3_server.ports['filer']}/buckets/trm/") == 401
+    assert not store.exists(uri + ".evil")
+    assert call("GET", base, token=_jwt(s3_server.jwt_key())) == 200
+    assert store.read_bytes(uri) == b"private"
+    assert (s3_server.data_dir / "security.toml").stat().st_mode & 0o077 == 0
+
+
 def test_second_server_coexists_restart_keeps_data_and_port(s3_server, tmp_path):
     with EmbeddedS3(tmp_path / "two") as two:
         assert not set(two.ports.values()) & set(s3_server.ports.values())
@@ -192,14 +240,25 @@ class Watcher(threading.Thread):
                                       retry_seconds=0), connect_timeout=0.5)
         self.store.retry_log_level = logging.DEBUG
         self.uri, self.sizes, self.stop_event = uri, [], threading.Event()
+        self.absent = 0  # polls that found no object under the name (while the upload ran)
 
     def run(self):
         while not self.stop_event.is_set():
             try:
                 self.sizes.append(self.store.stat(self.uri).size)
-            except (FileNotFoundError, ConnectionError, RuntimeError):
+            except FileNotFoundError:
+                self.absent += 1
+            except (ConnectionError, RuntimeError):
                 pass
             time.sleep(0.02)
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Keep polling until the object has been seen at least once (or timeout), then stop."""
+        deadline = time.monotonic() + timeout
+        while not self.sizes and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.stop_event.set()
+        self.join()
 
 
 @pytest.mark.parametrize("part_size", [64 * MB, 8 * MB], ids=["single-put", "multipart"])
@@ -220,11 +279,13 @@ def test_upload_survives_server_crash_midway(crash_server, tmp_path, monkeypatch
     try:
         store.upload_file(src, uri)
     finally:
-        watcher.stop_event.set()
-        watcher.join()
+        watcher.finish()
         relay.close()
     assert relay.fired.is_set() and relay.done.wait(60), "the server was never restarted mid-upload"
     assert any("retry" in r.getMessage() and "upload" in r.getMessage() for r in caplog.records)
+    # the watcher really watched: it saw the name empty during the upload, then the object once it was there
+    assert watcher.absent > 0, "the watcher never polled while the upload ran"
+    assert watcher.sizes, "the watcher never saw the object: it proves nothing"
     assert all(size == len(data) for size in watcher.sizes), f"partial object visible: {set(watcher.sizes)}"
     direct = S3Store(crash_server.config())
     assert direct.stat(uri).size == len(data)

@@ -248,13 +248,13 @@ def test_reupload_removes_marker_first(s3_env, tmp_path, monkeypatch):
     uri = unique("reup")
     store.upload_dir(tmp_path / "src", uri)
     seen = []
-    real_upload = S3Store.upload_file
+    real_upload = S3Store.put_file
 
     def spy(self, path, target):
         seen.append(self.is_complete(uri))
         return real_upload(self, path, target)
 
-    monkeypatch.setattr(S3Store, "upload_file", spy)
+    monkeypatch.setattr(S3Store, "put_file", spy)
     (tmp_path / "src" / "a.txt").write_bytes(b"new")
     store.upload_dir(tmp_path / "src", uri)
     assert seen and not any(seen)
@@ -270,7 +270,7 @@ def test_localize_caches_and_refreshes(s3_env, tmp_path):
     cache = tmp_path / "cache"
     path = localize(uri, cache_dir=cache)
     bucket, key = parse_s3(uri)
-    assert path == cache / bucket / key
+    assert path.parent == cache / bucket and path.name.startswith(key.replace("/", "__"))
     assert (path / "sub" / "b.npy").read_bytes() == (tmp_path / "src" / "sub" / "b.npy").read_bytes()
     (path / "marker-of-this-copy").write_text("x")
     assert localize(uri, cache_dir=cache) == path and (path / "marker-of-this-copy").exists()  # reused
@@ -415,3 +415,125 @@ def test_check_and_ensure_bucket(s3_env):
     assert store.exists(f"s3://{name}") and store.ensure_bucket(name) == name  # idempotent
     store.write_bytes(f"s3://{name}/k", b"v")
     assert store.list(f"s3://{name}") == [f"s3://{name}/k"]
+
+
+# -- secrets in error messages (the scrubber must be what keeps them out) -----------------------------------------
+
+def _store_with_secret() -> S3Store:
+    return S3Store(S3Config(endpoint=f"http://127.0.0.1:{closed_port()}", access_key="key-id", secret_key=SECRET,
+                            retry_seconds=0.3))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ValueError(f"bad request signed with {SECRET}"),  # a client error quoting its input
+    lambda: OSError(f"cannot open http://key-id:{SECRET}@127.0.0.1/x"),  # URL userinfo inside a message
+    lambda: KeyError(f"unexpected {SECRET}"),  # anything else becomes StoreError
+], ids=["ValueError", "OSError-url-userinfo", "other"])
+def test_errors_quoting_the_secret_are_scrubbed(make, caplog):
+    """The failure text itself contains the secret; what reaches the caller and the log must not."""
+    store = _store_with_secret()
+
+    def fail(*_args, **_kwargs):
+        raise make()
+
+    store._client.bucket_exists = fail
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the kind depends on the case; the text is the point
+        store.check(timeout=1)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    assert "***" in str(info.value)
+    assert SECRET not in caplog.text
+
+
+def test_retried_errors_quoting_the_secret_are_scrubbed(caplog):
+    """A retryable failure (the log line of every retry, then the final ConnectionError) quotes the secret."""
+    import urllib3
+
+    store = _store_with_secret()
+
+    def fail(*_args, **_kwargs):
+        raise urllib3.exceptions.ProtocolError(f"connection reset while sending Authorization {SECRET}")
+
+    store._client.bucket_exists = fail
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConnectionError) as info:
+        store.check(timeout=0.5)
+    assert "failed after" in str(info.value) and "***" in str(info.value)
+    assert SECRET not in str(info.value) and SECRET not in caplog.text
+    assert "retry" in caplog.text
+
+
+def test_url_credentials_never_in_messages(monkeypatch, capsys):
+    """`http://KEY:SECRET@host` as the endpoint: every message about it hides the userinfo."""
+    from trm.storage.cli import main as artifacts
+
+    for endpoint in (f"http://AKIDKEY:{SECRET}@127.0.0.1:9/path", f"AKIDKEY:{SECRET}@127.0.0.1:9/p",
+                     f"http://AKIDKEY:{SECRET}@127.0.0.1:bad"):
+        with pytest.raises(ValueError) as info:
+            S3Config.from_env({"TRM_S3_ENDPOINT": endpoint})
+        assert SECRET not in str(info.value) and "TRM_S3_ENDPOINT" in str(info.value)
+    monkeypatch.setenv("TRM_S3_ENDPOINT", f"http://AKIDKEY:{SECRET}@127.0.0.1:9/x")
+    assert artifacts(["ls", "s3://trm/"]) == 1
+    err = capsys.readouterr().err
+    assert "TRM_S3_ENDPOINT" in err and SECRET not in err
+
+
+def test_cli_errors_hide_secrets_of_the_environment(tmp_path, monkeypatch, capsys):
+    """An ordinary error whose text happens to contain the secret value (here: a file name) is redacted."""
+    from trm.cli import main as trm
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    missing = tmp_path / f"{SECRET}.json"
+    assert trm(["export-submission", "--submission", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and "***.json" in err and SECRET not in err
+
+
+# -- _COMPLETE is written last ------------------------------------------------------------------------------------
+
+@pytest.mark.s3
+@pytest.mark.parametrize("workers", [1, 4])
+def test_complete_marker_is_the_last_write(s3_env, tmp_path, workers):
+    """Every request that changes the folder, in order: `_COMPLETE` is the last object written, no file is written
+    while a marker exists, and the marker lists exactly what is there when it appears."""
+    store = S3Store.from_env()
+    store.workers = workers
+    files = make_tree(tmp_path / "src")
+    uri = unique("order")
+    store.upload_dir(tmp_path / "src", uri)  # an earlier upload: its marker must go before anything is replaced
+    (tmp_path / "src" / "a.txt").write_bytes(b"second")
+    events = []
+    client = store._client
+    # fput_object (files) calls put_object (every object write goes through it)
+    real = {name: getattr(client, name) for name in ("put_object", "remove_object", "remove_objects")}
+
+    def recorder(name):
+        def call(bucket, key, *args, **kwargs):
+            if name == "remove_objects":
+                key = list(key)
+                for obj in key:
+                    events.append(("delete", obj._name))
+            else:
+                complete_now = store.is_complete(uri)
+                events.append(("delete" if name == "remove_object" else "put", key, complete_now))
+            return real[name](bucket, key, *args, **kwargs)
+        return call
+
+    for name in real:
+        setattr(client, name, recorder(name))
+    try:
+        store.upload_dir(tmp_path / "src", uri)
+    finally:
+        for name, fn in real.items():
+            setattr(client, name, fn)
+    _, prefix = parse_s3(uri)
+    marker = f"{prefix}/{COMPLETE}"
+    puts = [e for e in events if e[0] == "put"]
+    assert puts[-1][1] == marker, f"_COMPLETE is not the last write: {[e[1] for e in puts]}"
+    assert [e[1] for e in puts].count(marker) == 1
+    data_puts = [e for e in puts if not e[1].endswith(("/_COMPLETE", "/_UPLOADING"))]
+    assert len(data_puts) == len(files) and not any(e[2] for e in data_puts), "a file was written under a marker"
+    after = events[events.index(puts[-1]) + 1:]
+    assert all(e[0] == "delete" and e[1].endswith("/_UPLOADING") for e in after), after
+    manifest = store.verify_folder(uri)
+    assert sorted(manifest.files) == sorted(files)

@@ -14,7 +14,10 @@
 Config keys: see trm/config.py and docs/training.md. Run folder (`run_dir`, default runs/<run_name>):
 `metrics.jsonl` (one JSON object per step, with "step" and unix "time"), `checkpoints/step-N/` (unless checkpoint_path is
 set), `eval/step-N/` (metrics.json, submission.json). A run started again with the same command resumes from
-the newest complete checkpoint (`resume=False` starts over) and continues exactly as if never stopped.
+the newest good checkpoint of the same training parameters and continues exactly as if never stopped; a bad
+checkpoint is moved aside and the one before it is used; `resume=False` (or other training parameters) moves the
+old checkpoints aside and starts over. On SIGTERM every rank stops at the next step boundary, the checkpoint of that
+step is written, and the process exits with code 143 (EXIT_PREEMPTED): run the same command again to continue.
 """
 
 from __future__ import annotations
@@ -36,9 +39,14 @@ import torch.distributed as dist
 
 from trm.checkpoint import Checkpoints
 from trm.config import TrainConfig, load_config
+from trm.storage.local import atomic_write
 from trm.optim import EMA, AdamATan2, SparseSignSGD, all_gather_rows, lr_factor
 
 METRIC_FILE = "metrics.jsonl"
+# Exit code after a SIGTERM that was answered with a checkpoint: 128 + SIGTERM, the code a shell gives a process
+# ended by SIGTERM. Kubernetes restart policies (OnFailure; PyTorchJob's ExitCode policy treats 128-255 as
+# retryable) and KFP retries start the step again, and the same command resumes from that checkpoint.
+EXIT_PREEMPTED = 143
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,9 +178,7 @@ class MetricLog:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        atomic_write(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -308,8 +314,7 @@ class Trainer:
         if self.remote_run:
             from trm.storage import trm_home
 
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.run_uri[5:])
-            self.run_dir = trm_home() / "runs" / safe
+            self.run_dir = mirror_dir(trm_home(), self.run_uri)
         else:
             self.run_dir = Path(self.run_uri)
         self.checkpoints = Checkpoints(cfg.checkpoint_path or f"{self.run_uri}/checkpoints", keep_last=cfg.keep_last)
@@ -354,15 +359,35 @@ class Trainer:
                                   evaluated=evaluated)
         if self.env.world_size > 1:
             dist.barrier()
+        self.saved_step, self.saved_at = self.step, time.monotonic()
 
     def restore(self) -> int | None:
-        """Load the newest complete checkpoint, if any; returns its step."""
-        where = self.checkpoints.latest() if self.cfg.resume else None
+        """Load the newest good checkpoint of this run's training parameters, if any; returns its step.
+
+        Rank 0 chooses (trm.checkpoint.Checkpoints.select: bad folders and folders of other parameters are moved
+        aside, the generation is fixed) and tells the others; every rank then loads the chosen folder."""
+        from trm.identity import fingerprint_of, training_identity
+
+        identity = training_identity(self.cfg)
+        fingerprint = fingerprint_of(identity)
+        self.checkpoints.fingerprint, self.checkpoints.identity = fingerprint, identity
+        data = None
+        choice: list = [None, None, None]
+        if self.env.main:
+            where, data = self.checkpoints.select(fingerprint, identity, resume=self.cfg.resume,
+                                                  required=("model.pt", "optimizer.pt", "train_state.pt"))
+            choice = [where, self.checkpoints.generation, self.checkpoints.superseded]
+            if self.checkpoints.superseded:
+                self._keep_old_metrics(self.checkpoints.superseded)
+        if self.env.world_size > 1:
+            dist.broadcast_object_list(choice, src=0)
+        where, self.checkpoints.generation, _ = choice
         if where is None:
             return None
         from trm.data.loader import Position
 
-        data = self.checkpoints.load(where, names=None)
+        if data is None:
+            data = self.checkpoints.load(where, names=None)
         state = data["train_state.pt"]
         self.model.load_state_dict(data["model.pt"])
         self.dense.load_state_dict(data["optimizer.pt"]["dense"])
@@ -378,7 +403,26 @@ class Trainer:
             self._saved_carries = mine["carries"]
         else:  # another world size: carries restart empty (all-halted), RNG from the seed
             self._saved_carries = None
+        self.saved_step = self.step
         return self.step
+
+    def _keep_old_metrics(self, aside: str) -> None:
+        """The run's metrics.jsonl of the checkpoints just set aside goes with them (rank 0; best effort)."""
+        source = f"{self.run_uri}/{METRIC_FILE}"
+        try:
+            if self.remote_run:
+                from trm.storage import open_store
+
+                store = open_store()
+                if store.exists(source) and aside.startswith("s3://"):
+                    store.copy_object(source, f"{aside}/{METRIC_FILE}")
+            elif Path(source).is_file() and not aside.startswith("s3://"):
+                import shutil
+
+                shutil.copy2(source, Path(aside) / METRIC_FILE)
+        except (OSError, RuntimeError) as err:
+            print(f"[trm.train] could not keep the old {METRIC_FILE} beside the old checkpoints: {err}",
+                  file=sys.stderr)
 
     # -- training -------------------------------------------------------------------------------------------
     def set_lr(self) -> float:
@@ -603,6 +647,11 @@ class Trainer:
         model_training = self.model.train
         model_training()
         start = self.position
+        preemption = Preemption()
+        self.preempted = False
+        self.saved_at = time.monotonic()
+        if not hasattr(self, "saved_step"):
+            self.saved_step = None
         try:
             for position, batch in self.train_loader.iterate(start=start) if start is not None else self.train_loader.iterate():
                 if self.step >= self.total_steps or (self.position is not None and self.position.epoch >= cfg.epochs):
@@ -628,18 +677,44 @@ class Trainer:
                         if bar is not None:
                             bar.write(f"[step {self.step}] " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
                     evaluated = True
-                if done or (evaluated and cfg.checkpoint_every_eval) or (
+                stop, due = self._agree(preemption.requested, self._time_checkpoint_due())
+                if done or stop or due or (evaluated and cfg.checkpoint_every_eval) or (
                     cfg.checkpoint_every_n_steps and self.step % cfg.checkpoint_every_n_steps == 0):
-                    self.save(evaluated=evaluated)
+                    # metrics.jsonl (and the evaluation) go up before the checkpoint: a kill in between leaves
+                    # lines beyond the newest checkpoint (dropped on resume), never a checkpoint without its lines
                     self.push(self.step if evaluated else None)
+                    if self.saved_step != self.step or evaluated:
+                        self.save(evaluated=evaluated)
                 elif evaluated:
                     self.push(self.step)
+                if stop and not done:
+                    self.preempted = True
+                    if env.main:
+                        print(f"[trm.train] stopped by SIGTERM at step {self.step}; checkpoint step-{self.step} "
+                              f"written; exit code {EXIT_PREEMPTED}: run the same command to continue",
+                              file=sys.stderr, flush=True)
+                    break
                 if done:
                     break
         finally:
+            preemption.close()
             if bar is not None:
                 bar.close()
             log.close()
+
+    def _time_checkpoint_due(self) -> bool:
+        """checkpoint_every_minutes: rank 0's clock says the last save is that old (the ranks then agree)."""
+        minutes = self.cfg.checkpoint_every_minutes
+        return bool(minutes) and self.env.main and time.monotonic() - self.saved_at >= minutes * 60.0
+
+    def _agree(self, stop: bool, due: bool) -> tuple[bool, bool]:
+        """Every rank learns whether any rank got SIGTERM / wants a timed checkpoint (one tiny all_reduce)."""
+        if self.env.world_size == 1:
+            return stop, due
+        flags = torch.tensor([int(stop), int(due)], dtype=torch.int32, device=self.env.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop_all, due_all = flags.tolist()
+        return bool(stop_all), bool(due_all)
 
     def _eval_due(self, epoch: int, finished_epoch: bool) -> bool:
         interval = self.cfg.eval_interval or self.cfg.epochs
@@ -684,9 +759,43 @@ def _local_file(path: str, rel: str) -> Path | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(obj, indent=1))
+
+
+def mirror_dir(home: Path, run_uri: str) -> Path:
+    """The local mirror of an s3:// run folder: `<home>/runs/<readable name>-<hash of the URI>`, so that e.g.
+    s3://trm/runs/a_b and s3://trm/runs/a/b never share a folder."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_uri[5:])[-100:].lstrip(".") or "run"
+    return home / "runs" / f"{safe}-{hashlib.sha256(run_uri.encode()).hexdigest()[:10]}"
+
+
+class Preemption:
+    """SIGTERM sets a flag instead of killing the process; the loop checks it at every step boundary.
+
+    Installed only in the main thread (signal handlers live there); `close()` puts the old handler back."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        self._signal = signal
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if not self.requested:
+            print("[trm.train] SIGTERM: stopping at the next step boundary after a checkpoint", file=sys.stderr,
+                  flush=True)
+        self.requested = True
+
+    def close(self) -> None:
+        if self._previous is not None:
+            self._signal.signal(self._signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -716,12 +825,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg.project_name = f"{Path(cfg.data_paths[0].rstrip('/')).name.capitalize()}-ACT-torch"
         random.seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
-        Trainer(cfg, env).fit()
+        trainer = Trainer(cfg, env)
+        trainer.fit()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return EXIT_PREEMPTED if trainer.preempted else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trm.cli import guarded
+
+    sys.exit(guarded("train", main))  # expected failures: one line, exit code 1 (TRM_DEBUG=1: traceback)

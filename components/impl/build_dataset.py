@@ -37,11 +37,12 @@ def run(run_root: str, input_prefix: str, subsets: list, test_set_names: list, t
     from trm.data import build
 
     uri = runtime.join(run_root, "dataset")
+    argv = build_argv(input_prefix, uri, subsets, test_set_names, train_only_subsets, num_aug, seed,
+                      enable_train_translation)
     if runtime.exists(runtime.join(uri, "_COMPLETE")):
-        runtime.log(f"dataset already complete at {uri}: reusing it")
+        build.check_reuse(uri, argv)  # ValueError naming the parameters when it was built with others
+        runtime.log(f"dataset already complete at {uri} with these parameters: reusing it")
     else:
-        argv = build_argv(input_prefix, uri, subsets, test_set_names, train_only_subsets, num_aug, seed,
-                          enable_train_translation)
         runtime.log("trm build-dataset " + " ".join(argv))
         status = build.main(argv)
         if status:

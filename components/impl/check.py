@@ -89,7 +89,7 @@ def run(params: dict, job_id: str) -> str:
         params["train_overrides"],
     )
     try:
-        load_config(words)
+        config = load_config(words)
     except ValueError as error:
         raise ValueError(f"training parameters: {error}") from None
     world = params["nnodes"] * params["nproc_per_node"]
@@ -118,6 +118,14 @@ def run(params: dict, job_id: str) -> str:
         store.ensure_bucket(root[len("s3://"):].split("/", 1)[0])
     except (ConnectionError, PermissionError, OSError) as error:
         raise ValueError(f"S3 store: {error}") from None
-    runtime.write_json(f"{root}/params.json", {**params, "run_root": root})
+    # Run identity: the same run root with other dataset parameters is refused (naming them); other training
+    # parameters make the trainer set the old checkpoints aside (trm.identity, docs/storage.md "Run identity").
+    from trm.identity import claim_run_root
+
+    previous = runtime.read_json(f"{root}/params.json") if runtime.exists(f"{root}/params.json") else None
+    record, note = claim_run_root(root, params, config, previous)
+    if note:
+        runtime.log(note)
+    runtime.write_json(f"{root}/params.json", {**params, "run_root": root, **record})
     runtime.log(f"run root {root}")
     return root

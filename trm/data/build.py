@@ -15,7 +15,11 @@ How: pass 1 plans each task's variants in parallel (cheap: content hashes are pe
 the main process then knows every count, writes the index arrays and creates the two big .npy files at full
 size; pass 2 renders each task's rows with numpy straight into memory-mapped windows of those files, in
 parallel. The build happens in a hidden temporary folder beside the target and is renamed into place only when complete (or
-uploaded, for an s3:// target), so a failed or killed build never leaves a half-written dataset.
+uploaded, for an s3:// target), so a failed or killed build never leaves a half-written dataset. An s3:// target
+is checked first (endpoint reachable, credentials accepted, bucket writable), so a wrong store fails in seconds,
+not after the build; its `_COMPLETE` manifest records the build parameters (`meta.build`), which the pipeline
+compares before reusing a dataset. Temporary folders carry host and process id: a later build removes those of
+dead processes on this host, and those of other hosts (pods sharing a volume) only after 24 hours.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from trm.data.augment import (
 )
 from trm.data.sources import load_subset
 from trm.data.validate import Task
-from trm.storage import process_alive
+from trm.storage.local import is_temp_name, reap_temporaries, temp_name
 
 log = logging.getLogger("trm.data.build")
 
@@ -88,6 +92,13 @@ class BuildConfig:
         for name in self.train_only_subsets:
             if name not in self.subsets:
                 raise ValueError(f"train_only_subsets: {name!r} is not one of subsets {self.subsets}")
+
+    def identity(self) -> dict:
+        """The parameters that decide the dataset's content (not `workers`, not where it is written)."""
+        return {"input_file_prefix": self.input_file_prefix, "subsets": list(self.subsets),
+                "test_set_name": list(self.test_set_name), "train_only_subsets": list(self.train_only_subsets),
+                "num_aug": self.num_aug, "seed": self.seed, "puzzle_identifiers_start": self.puzzle_identifiers_start,
+                "enable_train_translation": bool(self.enable_train_translation)}
 
 
 def _usable_cores() -> int:
@@ -275,24 +286,44 @@ def build_into(config: BuildConfig, out: Path, pool=None) -> dict:
 
 
 def _remove_stale(parent: Path, name: str) -> None:
-    """Remove temporary folders of earlier builds of this target whose process is gone (e.g. killed)."""
-    for path in parent.glob(f".{name}.building-*"):
-        try:
-            pid = int(path.name[len(f".{name}.building-"):].split("-")[0])
-        except ValueError:
+    """Remove temporary folders of earlier builds of this target whose writer is gone (see trm.storage.local)."""
+    reap_temporaries(parent, name)
+    for path in parent.glob(f".{name}.building-*"):  # names of older versions (no host): by age only
+        if is_temp_name(path.name) or not path.exists():
             continue
-        if not process_alive(pid):
-            shutil.rmtree(path, ignore_errors=True)
+        try:
+            if time.time() - path.stat().st_mtime > 24 * 3600:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _replace(tmp: Path, target: Path) -> None:
     if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        old = target.parent / temp_name(target.name, "old")
         os.rename(target, old)
         os.rename(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, target)
+
+
+def check_destination(output_dir: str):
+    """An s3:// output: the store answers, accepts the credentials and lets us write, checked before the build
+    (seconds, not hours). Returns the store (None for a local output). ConnectionError / PermissionError name it."""
+    from trm.storage import is_s3, open_store, parse_s3
+    from trm.storage.local import host
+
+    if not is_s3(output_dir):
+        return None
+    bucket, _ = parse_s3(output_dir)
+    store = open_store()
+    store.check(timeout=min(15.0, store.config.retry_seconds or 15.0))
+    store.ensure_bucket(bucket)
+    probe = f"s3://{bucket}/.trm-write-probe-{host()}-{os.getpid()}"
+    store.write_bytes(probe, b"ok")
+    store.delete(probe)
+    return store
 
 
 def build_dataset(config: BuildConfig) -> str:
@@ -302,12 +333,14 @@ def build_dataset(config: BuildConfig) -> str:
     workers = config.workers or _usable_cores()
     remote = is_s3(config.output_dir)
     if remote:
+        check_destination(config.output_dir)
         tmp = Path(tempfile.mkdtemp(prefix="trm-dataset-"))
     else:
         target = Path(config.output_dir).absolute()
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(target.parent, target.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-{os.getpid()}-", dir=target.parent))
+        tmp = target.parent / temp_name(target.name, "building")
+        tmp.mkdir(mode=0o700)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset gets ordinary permissions
@@ -323,7 +356,7 @@ def build_dataset(config: BuildConfig) -> str:
         if remote:
             from trm.storage import publish
 
-            publish(str(tmp), config.output_dir)
+            publish(str(tmp), config.output_dir, meta={"build": config.identity()})
         else:
             _replace(tmp, target)
         log.info("dataset at %s: %s", config.output_dir, json.dumps(summary))
@@ -356,16 +389,41 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+def _config(args: argparse.Namespace) -> BuildConfig:
     names = list(args.test_set_name) + ([args.test_set_name2] if args.test_set_name2 else [])
-    config = BuildConfig(
+    return BuildConfig(
         input_file_prefix=args.input_file_prefix, output_dir=args.output_dir, subsets=args.subsets,
         test_set_name=list(dict.fromkeys(names)), train_only_subsets=args.train_only_subsets, num_aug=args.num_aug,
         seed=args.seed, puzzle_identifiers_start=args.puzzle_identifiers_start,
         enable_train_translation=args.enable_train_translation, workers=args.workers,
     )
+
+
+def check_reuse(uri: str, argv: list[str]) -> dict:
+    """Before reusing the complete dataset at the s3:// `uri` for `trm build-dataset argv`: its `_COMPLETE` must
+    record the same build parameters. ValueError naming every difference (or the missing record); returns them."""
+    from trm.identity import differences
+    from trm.storage import open_store
+
+    wanted = _config(parser().parse_args(argv)).identity()
+    manifest = open_store().manifest(uri)
+    if manifest is None:
+        raise FileNotFoundError(f"{uri}: no complete dataset there")
+    recorded = manifest.meta.get("build")
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{uri} holds a dataset without a record of its build parameters (written by an older "
+                         "version); submit with another run_id, or delete that folder to rebuild it")
+    diff = differences(recorded, wanted)
+    if diff:
+        raise ValueError(f"{uri} was built with other parameters ({'; '.join(diff)}); submit with another run_id, "
+                         "or with the parameters it was built with")
+    return recorded
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    config = _config(args)
     if not config.test_set_name:
         log.warning("no --test-set-name: every subset goes to the train split and no test split is written")
     # SIGTERM (e.g. a pod being stopped) unwinds like Ctrl-C, so the temporary folder is removed.
@@ -373,8 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         build_dataset(config)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"trm build-dataset: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as exc:
+        from trm.storage import StoreError
+        from trm.storage.config import env_secrets, redact
+
+        if not isinstance(exc, (OSError, ValueError, StoreError)) or os.environ.get("TRM_DEBUG", "") not in ("", "0"):
+            raise
+        print(redact(f"trm build-dataset: error: {exc}", env_secrets()), file=sys.stderr)
         return 2
     finally:
         if main_thread:
@@ -383,4 +446,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trm.cli import guarded
+
+    sys.exit(guarded("build-dataset", main))

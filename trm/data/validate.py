@@ -3,17 +3,30 @@
     from trm.data.validate import parse_tasks
     tasks = parse_tasks(challenges_obj, "arc-agi_training2_challenges.json", solutions_obj, "..._solutions.json")
 
-A grid is a non-empty list of equally long, non-empty rows of ints 0..9, at most 30x30.
+A grid is a non-empty list of equally long, non-empty rows of ints 0..9, at most 30x30. A task id is 1-128
+characters of letters, digits, '_', '-' and '.', not starting with '.': ids become parts of variant names (joined
+with `|||`), file names and report anchors, so separators, path characters and spaces are refused at load.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 MAX_GRID = 30
 _INT = {int}
+TASK_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_task_id(task_id, where: str) -> str:
+    """`task_id` as a string; ValueError naming `where` when it could break names built from it."""
+    text = str(task_id)
+    if not TASK_ID.match(text):
+        raise ValueError(f"{where}: task id {text!r} is not allowed: use 1-128 letters, digits, '_', '-' or '.' "
+                         "(no separators such as '|||', no '/', spaces or a leading '.')")
+    return text
 
 
 @dataclass
@@ -119,6 +132,7 @@ def parse_tasks(challenges, challenges_name: str, solutions=None, solutions_name
             raise ValueError(f"{solutions_name}: does not match {challenges_name}: task(s) {extra[:5]} not in the challenges")
     tasks: dict[str, Task] = {}
     for task_id, raw in challenges.items():
+        check_task_id(task_id, challenges_name)
         where = f"{challenges_name}: task {task_id}"
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: expected an object with 'train' and 'test'")

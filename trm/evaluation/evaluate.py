@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    from trm.cli import guarded
+
+    code = guarded("evaluate", main)  # expected failures: one line, exit code 1 (TRM_DEBUG=1: traceback)
     if dist.is_initialized():
         dist.destroy_process_group()
     sys.exit(code)

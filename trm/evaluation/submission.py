@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -62,6 +61,9 @@ def _tests(challenges: dict, task: str) -> list:
     tests = puzzle.get("test") if isinstance(puzzle, dict) else None
     if not isinstance(tests, list):
         raise ValueError(f"challenges: task {task} has no 'test' list")
+    for i, test in enumerate(tests):
+        if not isinstance(test, dict) or "input" not in test:
+            raise ValueError(f"challenges: task {task} test {i} has no 'input' grid")
     return tests
 
 
@@ -173,10 +175,9 @@ def write(submission: dict, dest: str) -> str:
     path = Path(dest)
     if path.is_dir() or not path.suffix:
         path = path / "submission.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from trm.storage.local import atomic_write
+
+    atomic_write(path, data)  # unique temp name, fsync, rename
     return str(path)
 
 
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     challenges = _read_json(args.challenges) if args.challenges else None
     if challenges is not None and not isinstance(challenges, dict):
         raise ValueError(f"{args.challenges}: expected an object task_id -> puzzle")
+    if challenges is not None:
+        for task in challenges:
+            _tests(challenges, task)  # a malformed challenges file is named here, before anything is merged
     parts = [_read_json(p) for p in args.submission]
     merged = merge(parts, args.submission)
     if args.fill_missing:
@@ -217,4 +221,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trm.cli import guarded
+
+    sys.exit(guarded("export-submission", main))

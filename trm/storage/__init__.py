@@ -10,11 +10,15 @@
     trm artifacts cp s3://trm/runs/r1/eval ./eval
 """
 
-from trm.storage.config import S3Config, trm_home
-from trm.storage.store import COMPLETE, Entry, S3Store, localize, open_store, process_alive, publish
+from trm.storage.config import S3Config, redact, trm_home
+from trm.storage.local import atomic_write, process_alive, reap_temporaries, temp_name
+from trm.storage.store import (
+    COMPLETE, DamagedFolder, Entry, Manifest, S3Store, StoreError, localize, open_store, publish,
+)
 from trm.storage.uri import basename, is_s3, join, parse_s3, s3_uri
 
 __all__ = [
-    "COMPLETE", "Entry", "S3Config", "S3Store", "basename", "is_s3", "join", "localize", "open_store",
-    "parse_s3", "process_alive", "publish", "s3_uri", "trm_home",
+    "COMPLETE", "DamagedFolder", "Entry", "Manifest", "S3Config", "S3Store", "StoreError", "atomic_write",
+    "basename", "is_s3", "join", "localize", "open_store", "parse_s3", "process_alive", "publish",
+    "reap_temporaries", "redact", "s3_uri", "temp_name", "trm_home",
 ]

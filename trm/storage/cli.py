@@ -12,6 +12,10 @@ embedded server under $TRM_HOME/s3 is reused, or started in the background (`trm
 Copy rules: a file copied onto an existing folder (or a DST ending in '/') lands inside it under its own name.
 A folder copied to a local DST that is an existing folder lands inside it as DST/<name> (like `cp -r`);
 otherwise, and always for an s3:// DST, its contents go to exactly DST. Local targets appear atomically.
+A folder downloaded from S3 is exactly the list in its `_COMPLETE` manifest, every size and ETag checked. A
+folder uploaded to S3 replaces what a previous upload left there (keys not in the new list are removed); an
+s3:// DST that holds objects of something else (no `_COMPLETE` / `_UPLOADING` marker) is refused. A copy
+killed half-way is finished by running the same command again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import uuid
 from pathlib import Path
 
 from trm.storage.config import S3Config, trm_home
-from trm.storage.store import S3Store, publish
+from trm.storage.store import COMPLETE, S3Store, StoreError, publish
 from trm.storage.uri import basename, is_s3, join, parse_s3
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -58,6 +62,8 @@ def resolve_store(env=None, quiet: bool = False) -> S3Store:
 def cmd_ls(store: S3Store, uri: str, recursive: bool) -> int:
     bucket, key = parse_s3(uri)
     entries = store.entries(uri, recursive=recursive)
+    if not entries and not store.exists(f"s3://{bucket}"):
+        raise FileNotFoundError(f"bucket {bucket!r} does not exist on {store.endpoint}")
     if not entries and key:
         try:
             info = store.stat(uri)
@@ -119,6 +125,7 @@ def cmd_cp(src: str, dst: str, allow_incomplete: bool = False, env=None) -> str:
     if not is_s3(src):
         source = Path(src).expanduser()
         if source.is_dir():
+            _refuse_foreign(store, dst)
             return store.upload_dir(source, dst)
         if not source.is_file():
             raise FileNotFoundError(f"no such file or folder: {source}")
@@ -129,6 +136,9 @@ def cmd_cp(src: str, dst: str, allow_incomplete: bool = False, env=None) -> str:
 
     is_file = _is_object(store, src)
     if not is_file and not store.entries(src):
+        bucket = parse_s3(src)[0]
+        if not store.exists(f"s3://{bucket}"):
+            raise FileNotFoundError(f"{src}: bucket {bucket!r} does not exist on {store.endpoint}")
         raise FileNotFoundError(f"{src}: no such object or folder on {store.endpoint}")
     if not is_s3(dst):
         if is_file:
@@ -146,7 +156,17 @@ def cmd_cp(src: str, dst: str, allow_incomplete: bool = False, env=None) -> str:
             local = store.download_file(src, Path(tmp) / name)
             return store.upload_file(local, dst)
         local = store.download_dir(src, Path(tmp) / "copy", allow_incomplete=allow_incomplete)
+        (local / COMPLETE).unlink(missing_ok=True)  # the copy gets a manifest of its own
+        _refuse_foreign(store, dst)
         return store.upload_dir(local, dst)
+
+
+def _refuse_foreign(store: S3Store, dst: str) -> None:
+    """A folder upload replaces DST whole: refuse when DST holds objects that no folder upload put there."""
+    count = store.foreign_objects(dst)
+    if count:
+        raise FileExistsError(f"{dst} already holds {count} object(s) that are not a folder written by trm "
+                              f"(no {COMPLETE} marker); copy to an empty prefix or remove them first")
 
 
 def _is_object(store: S3Store, uri: str) -> bool:
@@ -181,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         final = cmd_cp(args.src, args.dst, allow_incomplete=args.allow_incomplete)
         print(f"copied {args.src} -> {final}")
         return 0
-    except (FileNotFoundError, PermissionError, ConnectionError, ValueError) as exc:
-        print(f"trm artifacts {args.action}: {exc}", file=sys.stderr)
+    except (OSError, ValueError, StoreError) as exc:
+        from trm.storage.config import env_secrets, redact
+
+        print(f"trm artifacts {args.action}: error: {redact(exc, env_secrets())}", file=sys.stderr)
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trm.cli import guarded
+
+    sys.exit(guarded("artifacts", main))

@@ -19,7 +19,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +29,29 @@ ENDPOINT_VARS = ("TRM_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 DEFAULT_REGION = "us-east-1"
 DEFAULT_BUCKET = "trm"
 DEFAULT_RETRY_SECONDS = 60.0
+
+
+# scheme://user:password@host -> scheme://***@host (also a bare user@ before a host)
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@")
+_BARE_USERINFO = re.compile(r"(?<![\w.%+:/-])[\w.%+-]+:[^/@\s'\":]+@(?=[\w\[])")  # KEY:SECRET@host, no scheme
+SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY")
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with URL credentials (`http://KEY:SECRET@host`) and every given secret replaced by `***`.
+
+    Secrets shorter than 4 characters are left alone (they would blank out ordinary words)."""
+    text = _BARE_USERINFO.sub("***@", _USERINFO.sub(r"\1***@", str(text)))
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """The secret values of this environment (S3 secret key, session token, W&B key): what messages must hide."""
+    env = os.environ if env is None else env
+    return [env[name] for name in SECRET_VARS if env.get(name)]
 
 
 def trm_home(env: Mapping[str, str] | None = None) -> Path:
@@ -104,20 +128,21 @@ class S3Config:
     def split_endpoint(self) -> tuple[str, bool]:
         """`("host:port", secure)` for the minio client; ValueError naming the variable when malformed."""
         text = (self.endpoint or "").strip()
+        shown = redact(repr(self.endpoint))  # error messages never carry URL credentials
         if "://" not in text:
             text = "http://" + text
         parts = urlsplit(text)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{self.endpoint_var}={self.endpoint!r}: expected http(s)://host[:port]")
+            raise ValueError(f"{self.endpoint_var}={shown}: expected http(s)://host[:port]")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"{self.endpoint_var}={self.endpoint!r}: an S3 endpoint has no path or query")
-        if parts.username or parts.password:
+            raise ValueError(f"{self.endpoint_var}={shown}: an S3 endpoint has no path or query")
+        if parts.username or parts.password or "@" in parts.netloc:
             raise ValueError(f"{self.endpoint_var}: put credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                              "not in the URL")
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"{self.endpoint_var}={self.endpoint!r}: bad port") from None
+            raise ValueError(f"{self.endpoint_var}={shown}: bad port") from None
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         netloc = f"{host}:{port}" if port else host
         return netloc, parts.scheme == "https"

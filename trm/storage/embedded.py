@@ -13,6 +13,10 @@
 Every port the server opens (S3, master, volume, filer, admin, and their gRPC ports) is bound to 127.0.0.1 and
 chosen free, so several servers can run side by side; WebDAV and the Iceberg/Lance ports are off, telemetry is
 off. S3 requests must be signed with the server's fixed local credentials (never exposed beyond loopback).
+The data folder is private (mode 0700). The filer's and volume server's own HTTP APIs would otherwise serve and
+accept objects without any key, so they are locked with SeaweedFS JWT signing (`security.toml` in the data
+folder, mode 0600): every read or write there needs a token signed with a key derived from the S3 secret key,
+i.e. the same credentials as S3.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -172,19 +177,30 @@ class EmbeddedS3:
             f"-s3.config={self.data_dir / 'conf' / 's3.json'}",
         ]
 
+    def jwt_key(self) -> str:
+        """The key that signs tokens for the filer and volume HTTP APIs (derived from the S3 secret key)."""
+        return hashlib.sha256(f"trm-embedded-jwt:{self._secret_key}".encode()).hexdigest()
+
+    def _write_security(self) -> None:
+        """security.toml in the server's working folder: JWT signing on the filer and volume HTTP APIs."""
+        sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+        text = "".join(f'[{name}]\nkey = "{self.jwt_key()}"\nexpires_after_seconds = 60\n\n' for name in sections)
+        from trm.storage.local import atomic_write
+
+        atomic_write(self.data_dir / "security.toml", text, mode=0o600)
+
     def _write_s3_config(self) -> None:
         conf = self.data_dir / "conf"
         conf.mkdir(parents=True, exist_ok=True)
+        os.chmod(conf, 0o700)
         doc = {"identities": [{
             "name": "trm",
             "credentials": [{"accessKey": self.access_key, "secretKey": self._secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }]}
-        tmp = conf / "s3.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, conf / "s3.json")
+        from trm.storage.local import atomic_write
+
+        atomic_write(conf / "s3.json", json.dumps(doc), mode=0o600)
 
     @property
     def log_path(self) -> Path:
@@ -195,7 +211,7 @@ class EmbeddedS3:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:]).replace(self._secret_key, "***")
+        return "\n".join(text.splitlines()[-lines:]).replace(self._secret_key, "***").replace(self.jwt_key(), "***")
 
     def running(self) -> bool:
         if self._proc is not None:
@@ -211,7 +227,10 @@ class EmbeddedS3:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(exist_ok=True)
+        for folder in (self.data_dir, self.data_dir / "data"):  # objects are readable by this user only
+            os.chmod(folder, 0o700)
         self._write_s3_config()
+        self._write_security()
         tries = 1 if (self.ports or self._requested_port) else 3
         for attempt in range(tries):
             if not self.ports:
@@ -441,12 +460,9 @@ def _start_background(home: Path, root: Path, port: int | None) -> EmbeddedS3:
             raise
         server = EmbeddedS3(root)  # the preferred port was taken meanwhile: any free one will do
         server.start(detach=True)
-    path = state_path(home)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(server.state(), f, indent=1)
-    os.replace(tmp, path)
+    from trm.storage.local import atomic_write
+
+    atomic_write(state_path(home), json.dumps(server.state(), indent=1), mode=0o600)
     return server
 
 
@@ -500,4 +516,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trm.cli import guarded
+
+    sys.exit(guarded("s3", main))
