@@ -336,3 +336,18 @@ def test_pick_checkpoint_last_or_best(tmp_path):
         pick_checkpoint(str(run), "first")
     with pytest.raises(FileNotFoundError):
         pick_checkpoint(str(tmp_path / "none"), "last")
+
+
+def test_checkpoint_names_every_paths_identifiers(arc_dir, pretrained, tmp_path):
+    """A run on several data_paths saves the merged identifier list, so a warm start carries every path's rows."""
+    a = pretrained["a"]
+    last = len(load_identifiers([a]))
+    c = _build(arc_dir, tmp_path, "c", ["0d3d703e", "ed36ccf7"], start=last)
+    run = tmp_path / "run-ac"
+    cfg = load_config([*BASE, f"data_paths=[{a},{c}]", f"run_dir={run}", "epochs=4", "eval_interval=4",
+                       "max_steps=1"])
+    Trainer(cfg, Dist()).fit()
+    (step,) = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")]
+    saved = json.loads((step / "identifiers.json").read_text())
+    assert saved == load_identifiers([a, c])
+    assert set(load_identifiers([c])[last:]) <= set(saved) and len(saved) > last

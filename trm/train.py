@@ -349,17 +349,30 @@ class Trainer:
             if self.ema is not None:
                 objects["ema.pt"] = self.ema.state_dict()
             files = {}
-            first = self.cfg.data_paths[0]
-            for name, rel in (("identifiers.json", "identifiers.json"), ("dataset.json", "train/dataset.json")):
-                source = _local_file(first, rel)
-                if source is not None:
-                    files[name] = source
-            self.checkpoints.save(self.step, objects=objects, texts={"config.yaml": self.cfg.to_yaml()},
+            source = _local_file(self.cfg.data_paths[0], "train/dataset.json")
+            if source is not None:
+                files["dataset.json"] = source
+            texts = {"config.yaml": self.cfg.to_yaml()}
+            names = self._identifier_names()
+            if names is not None:  # every path's names (row index -> name), so warm starts carry rows by name
+                texts["identifiers.json"] = json.dumps(names)
+            self.checkpoints.save(self.step, objects=objects, texts=texts,
                                   files=files, meta={"epoch": self.position.epoch, "world_size": self.env.world_size},
                                   evaluated=evaluated)
         if self.env.world_size > 1:
             dist.barrier()
         self.saved_step, self.saved_at = self.step, time.monotonic()
+
+    def _identifier_names(self) -> list[str] | None:
+        """identifiers.json merged over data_paths (read once); None when a path has none."""
+        if not hasattr(self, "_names"):
+            from trm.data.loader import load_identifiers
+
+            try:
+                self._names = load_identifiers(self.cfg.data_paths)
+            except FileNotFoundError:
+                self._names = None
+        return self._names
 
     def restore(self) -> int | None:
         """Load the newest good checkpoint of this run's training parameters, if any; returns its step.
