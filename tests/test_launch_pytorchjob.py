@@ -117,12 +117,14 @@ def test_pod_spec_resources_shm_secrets_and_scheduling():
     # data on a scratch volume, never the container's filesystem; time to checkpoint on SIGTERM
     assert {"name": "scratch", "mountPath": "/tmp"} in container["volumeMounts"]
     assert {"name": "scratch", "emptyDir": {"sizeLimit": "64Gi"}} in pod["volumes"]
-    assert pod["terminationGracePeriodSeconds"] == 300
+    assert pod["terminationGracePeriodSeconds"] == 180
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                             "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 1000
     env = {e["name"]: e for e in container["env"]}
     assert env["TRM_S3_ENDPOINT"]["value"] == "http://minio.trm:9000" and env["TRM_HOME"]["value"] == "/tmp/trm"
+    # torchrun waits for its workers' SIGTERM checkpoint for most of the grace period, not its default 30 s
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == "170"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "trm-s3", "key": "accesskey"}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "trm-s3", "key": "secretkey"}
     assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "wandb"

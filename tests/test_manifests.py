@@ -324,7 +324,7 @@ def test_overlay_settings_build_valid_jobs(overlay, built, shared_dir):
     assert ":" in image and not image.endswith(":latest")
     assert _pod_specs(runtime)[0]["containers"][0]["image"] == image, "runtime and launcher use one image"
     cfg = LaunchConfig.from_mapping(settings, name="trm-overlay", nnodes=2, train_args=["preset=cpu-tiny"])
-    assert cfg.namespace == "kubeflow" and cfg.termination_grace_seconds == 300 and cfg.pending_timeout == 1800
+    assert cfg.namespace == "kubeflow" and cfg.termination_grace_seconds == 180 and cfg.pending_timeout == 1800
     job = build_pytorchjob(cfg)
     assert pytorch.errors(job) == [] and operator_problems(job) == []
     train = build_trainjob(cfg)
@@ -339,3 +339,16 @@ def test_overlay_settings_build_valid_jobs(overlay, built, shared_dir):
         assert "trm-trainer" in image
     elif overlay == "standalone":
         assert cfg.gpus_per_node == 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_runtime_gives_torchrun_the_grace_period_to_checkpoint(overlay, built):
+    """SIGTERM -> torchrun forwards it and waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT for the workers' checkpoint: that
+    wait must fit in the pod's grace period, and be longer than torchrun's own 30 s default."""
+    from trm.launch.config import DEFAULT_GRACE_SECONDS, SHUTDOWN_MARGIN_SECONDS
+
+    pod = _pod_specs(_find(built[overlay], "TrainingRuntime", "trm-torch"))[0]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace == DEFAULT_GRACE_SECONDS
+    assert 30 < int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) == grace - SHUTDOWN_MARGIN_SECONDS

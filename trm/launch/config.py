@@ -46,9 +46,13 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SCRATCH_MOUNT = "/tmp"
 TRM_HOME = "/tmp/trm"
 RUN_AS = 1000  # the uid/gid of both images (images/*.Dockerfile)
-# Written when a pod gets SIGTERM: time for the trainer to finish the step and publish a checkpoint.
-# Measured by the checkpoint work (docs/kubernetes.md "Graceful stop"); the coordinator sets the final value.
-DEFAULT_GRACE_SECONDS = 300
+# Time a pod has after SIGTERM to finish its step and publish a checkpoint. bench/bench_checkpoint.py wrote a
+# seed-size checkpoint (2.8 GB) in 18 s to local disk and 46-54 s to the embedded S3 on a loaded 2-core machine:
+# 180 s leaves about 3x that (docs/kubernetes.md "Graceful stop").
+DEFAULT_GRACE_SECONDS = 180
+# torchrun waits this long (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 30 s) for its workers after forwarding SIGTERM
+# before it kills them: the grace period less a margin for torchrun's own exit.
+SHUTDOWN_MARGIN_SECONDS = 10
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -377,6 +381,9 @@ def managed_env(cfg: LaunchConfig) -> list[dict[str, Any]]:
     if cfg.s3_secret:
         for var, key in (("AWS_ACCESS_KEY_ID", cfg.s3_access_key_key), ("AWS_SECRET_ACCESS_KEY", cfg.s3_secret_key_key)):
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": cfg.s3_secret, "key": key}}})
+    if cfg.termination_grace_seconds > SHUTDOWN_MARGIN_SECONDS:
+        env.append({"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
+                    "value": str(cfg.termination_grace_seconds - SHUTDOWN_MARGIN_SECONDS)})
     if cfg.wandb_secret:
         env.append({"name": "WANDB_API_KEY",
                     "valueFrom": {"secretKeyRef": {"name": cfg.wandb_secret, "key": cfg.wandb_key_key}}})
