@@ -164,3 +164,43 @@ def test_sigterm_to_torchrun_reaches_the_workers(tiny, tmp_path):
     stopped = max(_by_step(run))
     assert _checkpoint_steps(run)[-1] == stopped < 400, text[-2000:]
     assert f"exit code {EXIT_PREEMPTED}" in text
+
+
+def test_sigterm_during_an_evaluation_stops_it_and_the_resumed_run_evaluates_that_step(tiny, tmp_path):
+    """A seed evaluation outlasts the pod's grace period: SIGTERM inside it stops it at the next batch, the step is
+    checkpointed (not marked evaluated), and the resumed run evaluates that step first, so its metrics.jsonl and
+    eval/step-N/ files equal an uninterrupted run's."""
+    from trm.config import load_config
+    from trm.train import Dist, Trainer
+
+    args = ["preset=cpu-tiny", "global_batch_size=4", "micro_batch_size=null", "progress=False", "wandb=off",
+            "epochs=4", "eval_interval=2", "evaluators=[arc]", "ema=True", f"data_paths=[{tiny}]"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    Trainer(load_config([*args, f"run_dir={whole}"]), Dist()).fit()
+    reference = _by_step(whole)
+    evaluated = sorted(s for s, r in reference.items() if any(k.startswith("ARC/") for k in r))
+    assert len(evaluated) == 2, evaluated  # at epochs 2 and 4
+
+    trainer = Trainer(load_config([*args, f"run_dir={broken}"]), Dist())
+    calls = []
+    original = trainer.evaluate
+
+    def evaluate_then_get_signalled():
+        calls.append(trainer.step)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives before the evaluation's first batch
+        return original()
+
+    trainer.evaluate = evaluate_then_get_signalled
+    trainer.fit()
+    assert trainer.preempted and calls == [evaluated[0]]
+    assert _checkpoint_steps(broken)[-1] == evaluated[0]
+    assert not any(k.startswith("ARC/") for k in _by_step(broken)[evaluated[0]])  # the cut evaluation left nothing
+    assert not (broken / "eval" / f"step-{evaluated[0]}").exists()
+
+    Trainer(load_config([*args, f"run_dir={broken}"]), Dist()).fit()
+    assert _by_step(broken) == reference  # every key of every step, exactly
+    for step in evaluated:
+        for name in ("submission.json", "metrics.json"):
+            assert (broken / "eval" / f"step-{step}" / name).read_bytes() == \
+                (whole / "eval" / f"step-{step}" / name).read_bytes(), (step, name)

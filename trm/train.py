@@ -520,7 +520,9 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float] | None:
+        """Metrics of the test split (rank 0; {} on the others); None when a SIGTERM cut it short (every rank
+        agrees between batches, so the pod's grace period goes to the checkpoint, not to the evaluation)."""
         env = self.env
         model = self.model
         if self.ema is not None:
@@ -537,6 +539,10 @@ class Trainer:
         outputs: list[dict[str, np.ndarray]] = []
         want_vote = bool(self.cfg.evaluators) or bool(self.cfg.eval_save_outputs)
         for set_name, batch, _n_valid in loader:
+            if self._agree(self._sigterm(), False)[0]:
+                if was_training:
+                    model.train()
+                return None
             pieces = []
             for m in _split(batch, max(1, math.ceil(batch["inputs"].shape[0] / self.micro))):
                 m = {k: v.to(env.device) for k, v in m.items()}
@@ -660,12 +666,17 @@ class Trainer:
         model_training = self.model.train
         model_training()
         start = self.position
-        preemption = Preemption()
+        preemption = self.preemption = Preemption()
         self.preempted = False
         self.saved_at = time.monotonic()
         if not hasattr(self, "saved_step"):
             self.saved_step = None
         try:
+            if resumed is not None and self._evaluation_cut_short():
+                # a SIGTERM stopped the evaluation due at this step: run it now, as an uninterrupted run did
+                if self._run_evaluation(log, bar):
+                    self.push(self.step)
+                    self.save(evaluated=True)
             for position, batch in self.train_loader.iterate(start=start) if start is not None else self.train_loader.iterate():
                 if self.step >= self.total_steps or (self.position is not None and self.position.epoch >= cfg.epochs):
                     break
@@ -682,14 +693,9 @@ class Trainer:
                 done = self.step >= self.total_steps or position.epoch >= cfg.epochs
                 evaluated = False
                 if self._eval_due(position.epoch, finished_epoch) or (done and self.evaluated_through_epoch < position.epoch):
-                    self.evaluated_through_epoch = position.epoch
-                    eval_metrics = self.evaluate()
-                    self.model.train()
-                    if env.main and eval_metrics:
-                        log.log(self.step, eval_metrics)
-                        if bar is not None:
-                            bar.write(f"[step {self.step}] " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
-                    evaluated = True
+                    evaluated = self._run_evaluation(log, bar)
+                    if not evaluated:  # cut short by SIGTERM: checkpoint this step; the resumed run evaluates it
+                        done = False
                 stop, due = self._agree(preemption.requested, self._time_checkpoint_due())
                 if done or stop or due or (evaluated and cfg.checkpoint_every_eval) or (
                     cfg.checkpoint_every_n_steps and self.step % cfg.checkpoint_every_n_steps == 0):
@@ -714,6 +720,30 @@ class Trainer:
             if bar is not None:
                 bar.close()
             log.close()
+
+    def _run_evaluation(self, log: "MetricLog", bar) -> bool:
+        """Evaluate at this step and log the metrics; False (nothing recorded) when a SIGTERM cut it short."""
+        eval_metrics = self.evaluate()
+        self.model.train()
+        if eval_metrics is None:
+            return False
+        self.evaluated_through_epoch = self.position.epoch
+        if self.env.main and eval_metrics:
+            log.log(self.step, eval_metrics)
+            if bar is not None:
+                bar.write(f"[step {self.step}] " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
+        return True
+
+    def _evaluation_cut_short(self) -> bool:
+        """After a resume: the evaluation due at the restored step never finished (a SIGTERM cut it short)."""
+        epoch = self.position.epoch
+        if self.evaluated_through_epoch >= epoch:
+            return False
+        return self.step >= self.total_steps or epoch >= self.cfg.epochs or self._eval_due(epoch, True)
+
+    def _sigterm(self) -> bool:
+        preemption = getattr(self, "preemption", None)
+        return bool(preemption is not None and preemption.requested)
 
     def _time_checkpoint_due(self) -> bool:
         """checkpoint_every_minutes: rank 0's clock says the last save is that old (the ranks then agree)."""
