@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("trm.evaluation.score", "pass@1/pass@2 of a submission.json against an ARC solutions file"),
     "artifacts": ("trm.storage.cli", "list and copy run artifacts in the S3 store (ls | cp)"),
     "s3": ("trm.storage.embedded", "start, stop or show the embedded S3 server (weed mini)"),
-    "launch": ("trm.launch.cli", "render or submit a PyTorchJob for training"),
+    "launch": ("trm.launch.cli", "render or submit a TrainJob or PyTorchJob for training"),
     "pipeline": ("pipeline.cli", "compile, run locally, or submit the KFP pipeline"),
 }
 

@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curves: {args.metrics}: no such file", file=sys.stderr)
         return 2
     page = curves_html(read_records(args.metrics.read_text(errors="replace")), args.title or str(args.metrics))
-    tmp = args.output.with_name(f".{args.output.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(args.output)
+    from trm.storage.local import atomic_write
+
+    atomic_write(args.output, page)
     print(f"wrote {args.output}")
     return 0
 

@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from trm.evaluation.kernels import SEQ_LEN
+from trm.storage.local import atomic_write
 
 OUTPUT_KEYS = ("puzzle_identifiers", "inputs", "preds", "q_halt_logits")
 
@@ -54,19 +55,16 @@ def load_outputs(path) -> dict[str, np.ndarray]:
 
 def save_outputs(path, puzzle_identifiers, inputs, preds, q_halt_logits) -> None:
     """Write outputs.npz (atomic: temp name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, puzzle_identifiers=np.asarray(puzzle_identifiers, dtype=np.int32),
+    buffer = io.BytesIO()
+    np.savez(buffer, puzzle_identifiers=np.asarray(puzzle_identifiers, dtype=np.int32),
              inputs=np.asarray(inputs, dtype=np.uint8), preds=np.asarray(preds, dtype=np.uint8),
              q_halt_logits=np.asarray(q_halt_logits, dtype=np.float32))
-    os.replace(tmp, path)
+    atomic_write(path, buffer.getvalue())
 
 
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (temp name, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def is_remote(uri) -> bool:

@@ -110,15 +110,9 @@ def _write(result: dict[str, Any], dest: str) -> str:
 
         open_store().write_bytes(dest, data.encode())
         return dest
-    import os
-    from pathlib import Path
+    from trm.storage.local import atomic_write
 
-    path = Path(dest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(data)
-    os.replace(tmp, path)
-    return str(path)
+    return str(atomic_write(dest, data))
 
 
 def main(argv: list[str] | None = None) -> int:
