@@ -104,7 +104,9 @@ def _check_args(source: str, run_id: str, **changes) -> dict:
                 train_only_subsets=[], num_aug=1, preset="cpu-tiny", hidden_size=32, num_heads=2, L_layers=1,
                 H_cycles=1, L_cycles=1, halt_max_steps=2, global_batch_size=8, epochs=1, eval_interval=1, lr=3e-3,
                 puzzle_emb_lr=3e-2, ema=False, train_overrides=["max_steps=3"], max_augmentations=0,
-                trainer_backend="local", nnodes=1, nproc_per_node=1)
+                trainer_backend="local", nnodes=1, nproc_per_node=1, gpu_type="", node_selector={}, tolerations=[],
+                trainer_image="reg.example/trainer:1", namespace="", active_deadline_seconds=7 * 86400,
+                pending_timeout=1800, queue_name="")
     args.update(changes)
     return args
 
@@ -115,7 +117,7 @@ def test_reused_run_root_with_other_dataset_parameters_is_refused(s3_env, source
     from components.runtime import read_json
 
     run_id = f"ident-{os.urandom(3).hex()}"
-    root = check_params.python_func(**_check_args(source, run_id))
+    root = check_params.python_func(**_check_args(source, run_id)).run_root
     with pytest.raises(ValueError, match=r"other dataset parameters \(num_aug: 1 -> 4; subsets: .*\)") as info:
         check_params.python_func(**_check_args(source, run_id, num_aug=4, subsets=["evaluation2", "training2"]))
     assert "run_id" in str(info.value)

@@ -462,3 +462,14 @@ def test_url_credentials_never_appear_in_render_output_or_messages(capsys):
     out, err = capsys.readouterr()
     assert secret not in out + err and "https://***@pypi.example/simple" in out
     assert redact(f"x http://a:{secret}@h:1/p and s3://k:{secret}@b/k") == "x http://***@h:1/p and s3://***@b/k"
+
+
+def test_a_log_stream_dropped_after_the_job_ended_is_read_to_its_end():
+    """The job ends before the follower has the whole log (a loaded launcher pod): its last pass drops mid-line,
+    and the lines after the drop still reach the step's log."""
+    lines = "".join(f"line {i:03d}\n" for i in range(40))
+    with FakeKubernetes(["Succeeded"], logs={0: lines}) as fake:
+        fake.drop_logs_after = 95
+        result, out = _run(fake, poll_interval=0.1)
+    assert result.state == "Succeeded"
+    assert lines in out and out.count("line 039") == 1

@@ -381,6 +381,8 @@ class LogFollower(threading.Thread):
     A stream that drops mid-way is reopened and the bytes already written are skipped, so each line appears once.
     """
 
+    FINAL_PASSES = 3  # after the job ended: tries to read the last lines when a stream drops
+
     def __init__(self, core, kind: Kind, name: str, namespace: str, out: TextIO, poll: float):
         super().__init__(name=f"logs-{name}", daemon=True)
         self.core, self.kind, self.job, self.namespace, self.out, self.poll = core, kind, name, namespace, out, poll
@@ -442,15 +444,19 @@ class LogFollower(threading.Thread):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        final_passes = 0
         while True:
             final = self.stop.is_set()  # after the job ended: one more pass for the last lines, then stop
             try:
-                wrote = self._step()
+                wrote, dropped = self._step(), False
             except (ApiException, HTTPError, OSError):
                 self.drops += 1  # pod gone, container not started yet, stream or connection dropped
-                wrote = False
+                wrote, dropped = False, True
             if final:
-                return
+                final_passes += 1
+                if not dropped or final_passes >= self.FINAL_PASSES:  # a drop in the last pass: read on from there
+                    return
+                continue
             if not wrote:
                 self.stop.wait(self.poll)
 
