@@ -69,7 +69,7 @@ def test_image_user_is_1000_not_root(variable):
 
 def test_steps_image_on_a_read_only_root(steps_image):
     script = (
-        "set -e; trm --help | head -n 3; "
+        "set -e; trm --help; "
         "python -c \"import os, torch, trm, kfp, components, pipeline; "
         "print('uid', os.getuid(), 'torch', torch.__version__.split('+')[0], 'cuda', torch.version.cuda)\"; "
         # what the steps write: TRM_HOME, temporary files (a small dataset build), nothing else
@@ -81,7 +81,7 @@ def test_steps_image_on_a_read_only_root(steps_image):
     assert done.returncode == 0, done.stdout[-3000:]
     assert "build-dataset" in done.stdout  # trm --help
     assert f"uid 1000 torch {TORCH_VERSION} cuda None" in done.stdout
-    assert "dataset.json" in done.stdout or "train" in done.stdout.split(), done.stdout[-2000:]
+    assert {"train", "test", "test_puzzles.json"} <= set(done.stdout.split()), done.stdout[-2000:]
     assert done.stdout.strip().endswith("root-read-only")
 
 
@@ -94,7 +94,7 @@ def test_pipeline_with_every_step_in_the_steps_image(steps_image, s3_server, s3_
     env = {**os.environ, **s3_server.env(), "TRM_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     args = ["--runner", "docker", "--image", steps_image, "--run-id", "containers", "--tasks", "3",
             "--param", "num_aug=2", "--param", "hidden_size=32", "--param", "epochs=1", "--param", "eval_interval=1",
-            "--param", "global_batch_size=8", "--param", "train_overrides=[max_steps=4,num_threads=1,evaluators=[]]"]
+            "--param", "global_batch_size=16", "--param", "train_overrides=[max_steps=4,num_threads=1,evaluators=[]]"]
     done = subprocess.run([sys.executable, "-m", "pipeline.local", *args], cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     log = done.stdout
@@ -102,8 +102,7 @@ def test_pipeline_with_every_step_in_the_steps_image(steps_image, s3_server, s3_
     # every task ran in the image: kfp.local's DockerRunner names it once per task, and the train step's
     # torchrun is the image's Python (2 processes, the preset's nproc_per_node)
     assert log.count(f"Found image '{steps_image}'") == 5, log[-6000:]
-    assert "running: /opt/venv/bin/python -m torch.distributed.run" in log
-    assert "--nproc-per-node 2" in log
+    assert re.search(r"running: /opt/venv/bin/python3? -m torch\.distributed\.run .*--nproc-per-node 2 ", log)
     # the same artifacts and printout as `make run`
     summary = read_json("s3://trm/runs/local/containers/run.json")
     for key in ("dataset", "checkpoint", "submission", "report"):
