@@ -36,9 +36,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv /opt/venv && pip install "pip==25.2" "setuptools==80.9.0"
 
-# The glob keeps this COPY valid when .whl/ does not exist (pyproject.toml always does): torch wheels, if any,
-# land in /tmp/wheels.
-COPY pyproject.toml .whl* /tmp/wheels/
+# .whl/ holds a README and, for TORCH_WHEEL, the wheel (build stage only).
+COPY .whl/ /tmp/wheels/
 # Torch first (CPU build), so that installing the package does not pull the CUDA build from PyPI.
 RUN if [ -n "${TORCH_WHEEL}" ]; then \
         pip install "/tmp/wheels/$(basename "${TORCH_WHEEL}")"; \

@@ -64,8 +64,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}
 RUN python3 -m venv /opt/venv && pip install "pip==25.2" "setuptools==80.9.0"
 
-# The glob keeps this COPY valid when .whl/ does not exist (pyproject.toml always does).
-COPY pyproject.toml .whl* /tmp/wheels/
+# .whl/ holds a README and, for TORCH_WHEEL, the wheel (build stage only).
+COPY .whl/ /tmp/wheels/
 RUN if [ -n "${TORCH_WHEEL}" ]; then \
         pip install "/tmp/wheels/$(basename "${TORCH_WHEEL}")"; \
     else \
