@@ -47,14 +47,16 @@ RUN if [ -n "${TORCH_WHEEL}" ]; then \
     && python -c "import sys, torch; v = torch.__version__.split('+')[0]; \
 sys.exit(None if v == '${TORCH_VERSION}' and not torch.version.cuda else f'torch {torch.__version__}: expected ${TORCH_VERSION}, CPU build')"
 
-COPY pyproject.toml README.md /src/
-COPY trm /src/trm
-COPY pipeline /src/pipeline
-COPY components /src/components
-RUN pip install "/src[pipeline,wandb]" \
-    && python -c "import torch, trm, kfp, components, pipeline; assert not torch.version.cuda"
+# The package's dependencies (pyproject.toml with the pipeline and wandb extras), apart from the package itself: a
+# change of the sources alone keeps this stage, and so the image's big venv layer, cached.
+COPY pyproject.toml /src/
+RUN python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['pipeline'] + p['optional-dependencies']['wandb']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
 
-# ---- the image
+# ---- the image: the venv, then the package (no dependencies: they are all in the venv)
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_NO_CACHE_DIR=1 \
@@ -65,6 +67,13 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     TRM_HOME=/tmp/trm
 RUN useradd --create-home --home-dir /home/trm --uid 1000 --user-group --shell /bin/bash trm
 COPY --from=build /opt/venv /opt/venv
+COPY pyproject.toml README.md /src/
+COPY trm /src/trm
+COPY pipeline /src/pipeline
+COPY components /src/components
+RUN pip install --no-deps --no-build-isolation /src && rm -rf /src \
+    && pip check \
+    && python -c "import torch, trm, kfp, components, pipeline; assert not torch.version.cuda"
 USER 1000:1000
 WORKDIR /home/trm
 CMD ["trm", "--help"]

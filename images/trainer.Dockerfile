@@ -86,20 +86,20 @@ RUN if [ "${FLASH_ATTN}" = 1 ]; then \
         && python -c "import torch, adam_atan2_backend"; \
     fi
 
-COPY pyproject.toml README.md /src/
-COPY trm /src/trm
-COPY pipeline /src/pipeline
-COPY components /src/components
-# The gpu extra is satisfied by the builds above (not installed with FLASH_ATTN=0); torch stays the one installed
-# above. The pipeline extra (kfp) is needed because the train and evaluate KFP steps may run in this image.
-RUN extras="pipeline,wandb"; if [ "${FLASH_ATTN}" = 1 ]; then extras="gpu,${extras}"; fi \
-    && pip install --no-build-isolation "/src[${extras}]" \
-    && python -c "import sys, torch, trm, kfp; v = torch.__version__.split('+')[0]; \
-sys.exit(None if v == '${TORCH_VERSION}' else f'the package replaced torch with {torch.__version__}')"
+# The package's dependencies (pyproject.toml with the pipeline and wandb extras, and gpu with the kernels: already
+# satisfied by the builds above) apart from the package itself: a change of the sources alone keeps this stage, and
+# so the image's big venv layer, cached. torch stays the one installed above (checked).
+COPY pyproject.toml /src/
+RUN python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+extras = ['pipeline', 'wandb'] + (['gpu'] if '${FLASH_ATTN}' == '1' else []); \
+print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
+        > /tmp/requirements.txt \
+    && pip install --no-build-isolation -r /tmp/requirements.txt \
+    && python -c "import torch; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
 
-# ---- the image
+# ---- the image: the venv, then the package (no dependencies: they are all in the venv). The train and evaluate
+# KFP steps may run in this image, hence kfp in it.
 FROM runtime
-COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -107,6 +107,14 @@ ENV PATH=/opt/venv/bin:/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin
     PYTHONUNBUFFERED=1 \
     HOME=/home/trm \
     TRM_HOME=/tmp/trm
+COPY --from=build /opt/venv /opt/venv
+COPY pyproject.toml README.md /src/
+COPY trm /src/trm
+COPY pipeline /src/pipeline
+COPY components /src/components
+RUN pip install --no-deps --no-build-isolation /src && rm -rf /src \
+    && pip check \
+    && python -c "import torch, trm, kfp, components, pipeline"
 USER 1000:1000
 WORKDIR /home/trm
 CMD ["trm", "--help"]
