@@ -17,6 +17,7 @@ set -euo pipefail
 name=${1:-trm-base:bookworm-local}
 docker=${DOCKER:-docker}
 
+$docker info >/dev/null 2>&1 || { echo "error: Docker does not answer: start dockerd (as root: dockerd &)" >&2; exit 1; }
 if [ -z "${FORCE:-}" ] && $docker image inspect "$name" >/dev/null 2>&1; then
   echo "base image $name exists (FORCE=1 $0 $name makes it again)"
   exit 0
