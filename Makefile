@@ -62,7 +62,7 @@ bench: $(VENV)/.installed ## Run the CPU benchmarks in bench/ (prints ratios aga
 compile: $(VENV)/.installed ## Compile the KFP pipeline to pipeline.yaml
 	$(PY) -m pipeline.compile --output pipeline.yaml
 
-build-images: $(LOCAL_DEPS) ## Build the CPU steps image and the CUDA trainer image (LOCAL_BASE=1: here, see above)
+build-images: $(LOCAL_DEPS) ## Build the steps and trainer images (LOCAL_BASE=1: without Docker Hub; CPU trainer)
 	$(DOCKER) build $(LOCAL_ARGS) $(IMAGE_ARGS) -f images/steps.Dockerfile -t $(STEPS_IMAGE) .
 	$(DOCKER) build $(LOCAL_ARGS) $(TRAINER_LOCAL_ARGS) $(IMAGE_ARGS) -f images/trainer.Dockerfile -t $(TRAINER_IMAGE) .
 
@@ -76,7 +76,7 @@ torch-wheel: # the torch wheel of LOCAL_BASE=1 builds, into .whl/
 run-containers: $(VENV)/.installed ## The main job with every step in the steps image (kfp.local DockerRunner)
 	$(PY) -m pipeline.local --runner docker --image $(STEPS_IMAGE) $(ARGS)
 
-test-images: $(VENV)/.installed ## Image checks with Docker: hadolint, both images built here, then run (CI)
+test-images: $(VENV)/.installed ## Docker checks (CI, after test): hadolint, build-images LOCAL_BASE=1, run them
 	$(PY) -m pytest -q tests/test_images.py $(PYTEST_ARGS)
 	$(MAKE) build-images LOCAL_BASE=1
 	TRM_STEPS_IMAGE=$(STEPS_IMAGE) TRM_TRAINER_IMAGE=$(TRAINER_IMAGE) $(PY) -m pytest -q -m docker tests/test_containers.py $(PYTEST_ARGS)
