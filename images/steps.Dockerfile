@@ -23,8 +23,8 @@
 # temporary files, torch's caches); with a read-only root filesystem mount emptyDirs there (docs/kubernetes.md#images).
 ARG BASE_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
-# ---- build: a virtual environment in /opt/venv with torch and the package (nothing of this stage but the venv
-# reaches the image: no wheel file, no sources).
+# ---- build: a virtual environment in /opt/venv with torch and the package's dependencies (nothing of this stage
+# but the venv reaches the image: no wheel file).
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

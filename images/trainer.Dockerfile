@@ -46,7 +46,7 @@ RUN if getent passwd 1000 >/dev/null; then userdel --remove "$(getent passwd 100
     && if getent group 1000 >/dev/null; then groupdel "$(getent group 1000 | cut -d: -f1)"; fi \
     && useradd --create-home --home-dir /home/trm --uid 1000 --user-group --shell /bin/bash trm
 
-# ---- build: a virtual environment in /opt/venv with torch, the kernels and the package.
+# ---- build: a virtual environment in /opt/venv with torch, the kernels and the package's dependencies.
 FROM runtime AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu129
