@@ -30,6 +30,10 @@ def trainer_image() -> str:
 
 STEPS_IMAGE = steps_image()
 TRAINER_IMAGE = trainer_image()
+# On a cluster the GPU steps run the `trainer_image` pipeline parameter (set_container_image). kfp.local's
+# DockerRunner cannot resolve a parameter in an image name, so a local Docker run (pipeline.local.use_image) sets
+# TRM_FIXED_IMAGES=1 and every step keeps the image fixed at compile time.
+IMAGE_FROM_PARAMETER = os.environ.get("TRM_FIXED_IMAGES", "") != "1"
 
 # Kubernetes secrets that the pipeline's pods read as environment variables (fixed when compiling).
 # The S3 keys: the secret every KFP install has for its own artifact store (keys `accesskey`/`secretkey`).

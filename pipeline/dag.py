@@ -55,7 +55,8 @@ def _pod(task: dsl.PipelineTask, step: str, wandb: bool = False, secrets: bool =
 
 
 def _gpu_pod(task: dsl.PipelineTask, trainer_image, gpu_type, gpus, node_selector, tolerations) -> dsl.PipelineTask:
-    task.set_container_image(trainer_image)
+    if settings.IMAGE_FROM_PARAMETER:
+        task.set_container_image(trainer_image)
     task.set_accelerator_type(gpu_type).set_accelerator_limit(gpus)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                size_limit=settings.SHM_SIZE)

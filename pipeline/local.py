@@ -124,9 +124,10 @@ def use_image(image: str) -> None:
     and TRM_TRAINER_IMAGE once, when first imported: call this before anything imports `components`."""
     os.environ["TRM_STEPS_IMAGE"] = image
     os.environ["TRM_TRAINER_IMAGE"] = image
+    os.environ["TRM_FIXED_IMAGES"] = "1"  # kfp.local cannot take an image from a pipeline parameter
     from components import settings
 
-    if (settings.STEPS_IMAGE, settings.TRAINER_IMAGE) != (image, image):
+    if (settings.STEPS_IMAGE, settings.TRAINER_IMAGE, settings.IMAGE_FROM_PARAMETER) != (image, image, False):
         raise RuntimeError(f"components were imported before use_image({image!r}): their images are "
                            f"{settings.STEPS_IMAGE!r} and {settings.TRAINER_IMAGE!r}")
 
