@@ -86,6 +86,7 @@ def test_end_to_end_train_eval_checkpoint(tiny, tmp_path):
     assert metrics[steps[-1]]["train/lm_loss"] < metrics[1]["train/lm_loss"]
 
 
+@pytest.mark.slow  # tests/test_resume.py holds the stronger version (kill inside an epoch, halting, EMA, ARC eval)
 def test_sigkill_and_resume_continue_exactly(tiny, tmp_path):
     args = [*BASE, f"data_paths=[{tiny}]", "epochs=1000", "eval_interval=1000", "max_steps=24",
             "checkpoint_every_n_steps=4", "keep_last=2", "ema=True", "run_name=kill"]

@@ -236,9 +236,11 @@ class S3Store:
     # -- buckets and health -------------------------------------------------------------------------------------
 
     def check(self, timeout: float = 10.0) -> "S3Store":
-        """Reach the endpoint within `timeout` seconds or raise ConnectionError/PermissionError naming it."""
+        """Reach the endpoint within `timeout` seconds (at most TRM_S3_RETRY_SECONDS) or raise
+        ConnectionError/PermissionError naming it."""
         self._retry(f"check (bucket {self.config.bucket})",
-                    lambda: self._client.bucket_exists(self.config.bucket), deadline_s=timeout)
+                    lambda: self._client.bucket_exists(self.config.bucket),
+                    deadline_s=min(timeout, self.config.retry_seconds))
         return self
 
     def ensure_bucket(self, bucket: str | None = None) -> str:
