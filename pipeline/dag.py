@@ -25,52 +25,17 @@ compile-time constant above the default `active_deadline_seconds` + `pending_tim
 KFP is as long. KFP caching only on the dataset step. No credential is ever a parameter.
 """
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from components import settings
 from components.build_dataset import build_dataset
 from components.check import check_params
-from components.cleanup import cleanup_jobs
 from components.evaluate import evaluate
 from components.export_submission import export_submission
-from components.train import train, train_job
+from pipeline.pods import exit_cleanup, gpu_pod, pod, trainer
 
 PIPELINE_NAME = "trm-arc-agi"
 TRAIN_RETRIES = settings.TRAIN_RETRIES
-
-
-def _pod(task: dsl.PipelineTask, step: str, wandb: bool = False, secrets: bool = True) -> dsl.PipelineTask:
-    """Requests, limits, non-root uid, S3 (and optionally W&B) secrets as env, scratch on /tmp when the step has some."""
-    cpu, memory, limit = settings.STEP_RESOURCES[step]
-    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(limit)
-    kubernetes.set_security_context(task, run_as_user=1000, run_as_group=1000, run_as_non_root=True)
-    if secrets:
-        kubernetes.use_secret_as_env(task, secret_name=settings.S3_SECRET, secret_key_to_env=settings.S3_SECRET_KEYS)
-    if wandb:
-        kubernetes.use_secret_as_env(task, secret_name=settings.WANDB_SECRET,
-                                     secret_key_to_env=settings.WANDB_SECRET_KEYS, optional=True)
-    if step in settings.SCRATCH_SIZE:
-        kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path="/tmp", size_limit=settings.SCRATCH_SIZE[step])
-    return task
-
-
-def _gpu_pod(task: dsl.PipelineTask, trainer_image, gpu_type, gpus, node_selector, tolerations) -> dsl.PipelineTask:
-    task.set_container_image(trainer_image)
-    task.set_accelerator_type(gpu_type).set_accelerator_limit(gpus)
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit=settings.SHM_SIZE)
-    kubernetes.add_node_selector_json(task, node_selector)
-    kubernetes.add_toleration_json(task, tolerations)
-    return task
-
-
-def _retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    # KFP (Argo) stops retrying once backoffMaxDuration has passed since the first attempt and caps a retried
-    # pod's deadline by it; its default (3600 s) would cut a multi-day training, so it spans the step's limit.
-    task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0,
-                   backoff_max_duration=f"{settings.LAUNCHER_TIMEOUT}s")
-    kubernetes.set_timeout(task, settings.LAUNCHER_TIMEOUT)
-    return task
 
 
 def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, trainer_image, gpu_type, node_selector,
@@ -79,11 +44,11 @@ def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, trainer_im
     scored = evaluate(s3_endpoint=s3_endpoint, dataset=dataset, model=model, run_root=run_root,
                       max_augmentations=max_augmentations)
     scored.set_display_name("evaluate").set_caching_options(False)
-    _gpu_pod(_pod(scored, "evaluate"), trainer_image, gpu_type, 1, node_selector, tolerations)
+    gpu_pod(pod(scored, "evaluate"), trainer_image, gpu_type, 1, node_selector, tolerations)
     final = export_submission(s3_endpoint=s3_endpoint, submission=scored.outputs["submission"], dataset=dataset,
                               model=model, run_root=run_root)
     final.set_display_name("export-submission").set_caching_options(False)
-    _pod(final, "export-submission")
+    pod(final, "export-submission")
     return final
 
 
@@ -136,9 +101,7 @@ def trm_pipeline(
     pending_timeout: int = settings.DEFAULT_PENDING_TIMEOUT,
     queue_name: str = "",
 ):
-    cleanup = cleanup_jobs(namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-    cleanup.set_display_name("cleanup-jobs").set_caching_options(False)
-    _pod(cleanup, "cleanup-jobs", secrets=False)
+    cleanup = exit_cleanup(namespace)
     with dsl.ExitHandler(cleanup, name="run"):
         checked = check_params(
             s3_endpoint=s3_endpoint, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, bucket=bucket, run_prefix=run_prefix,
@@ -153,7 +116,7 @@ def trm_pipeline(
             pending_timeout=pending_timeout, queue_name=queue_name,
         )
         checked.set_display_name("check-params").set_caching_options(False)
-        _pod(checked, "check-params")
+        pod(checked, "check-params")
         run_root = checked.outputs["run_root"]
 
         built = build_dataset(
@@ -162,7 +125,7 @@ def trm_pipeline(
             enable_train_translation=enable_train_translation,
         )
         built.set_display_name("build-dataset").set_caching_options(True)
-        _pod(built, "build-dataset")
+        pod(built, "build-dataset")
         dataset = built.outputs["dataset"]
 
         hyper = dict(
@@ -174,18 +137,14 @@ def trm_pipeline(
         )
         finish = dict(max_augmentations=max_augmentations, trainer_image=trainer_image, gpu_type=gpu_type,
                       node_selector=node_selector, tolerations=tolerations)
+        cluster = dict(backend=checked.outputs["backend"], nnodes=nnodes, gpu_type=gpu_type,
+                       node_selector=node_selector, tolerations=tolerations, trainer_image=trainer_image,
+                       namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                       active_deadline_seconds=active_deadline_seconds, pending_timeout=pending_timeout,
+                       queue_name=queue_name)
         with dsl.If(checked.outputs["backend"] == "local", name="train-in-pod"):
-            trained = train(**hyper)
-            trained.set_display_name("train").set_caching_options(False)
-            _retried(_pod(trained, "train", wandb=True))
-            _gpu_pod(trained, trainer_image, gpu_type, nproc_per_node, node_selector, tolerations)
+            trained = trainer(True, hyper, cluster)
             _finish(s3_endpoint, dataset, trained.outputs["model"], run_root, **finish)
         with dsl.Else(name="train-on-cluster"):
-            launched = train_job(**hyper, backend=checked.outputs["backend"], nnodes=nnodes, gpu_type=gpu_type,
-                                 node_selector=node_selector, tolerations=tolerations, trainer_image=trainer_image,
-                                 namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                 active_deadline_seconds=active_deadline_seconds, pending_timeout=pending_timeout,
-                                 queue_name=queue_name)
-            launched.set_display_name("train-job").set_caching_options(False)
-            _retried(_pod(launched, "train-job", wandb=True))
+            launched = trainer(False, hyper, cluster)
             _finish(s3_endpoint, dataset, launched.outputs["model"], run_root, **finish)
