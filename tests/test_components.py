@@ -58,7 +58,8 @@ def test_pod_code_imports_under_kfp_runtime():
     import sys
 
     code = "; ".join(f"import components.impl.{m}" for m in
-                     ("check", "build_dataset", "train", "evaluate", "export_submission", "launch")) \
+                     ("check", "build_dataset", "train", "evaluate", "export_submission", "launch", "choose",
+                                  "posttrain")) \
         + "; import components.runtime; import trm.launch.client; import trm.evaluation.curves"
     done = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "_KFP_RUNTIME": "true"},
                           capture_output=True, text=True)
