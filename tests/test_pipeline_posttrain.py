@@ -132,6 +132,11 @@ def test_dag_shape(docs):
                                             "pipelinechannel--check-posttrain-train_overrides"}
         for key in ("hidden_size", "num_heads", "L_layers", "H_cycles", "L_cycles", "halt_max_steps"):
             assert train[key]["runtimeValue"]["constant"] == 0.0, "the model comes from the checkpoint"
+        # export publishes the chosen checkpoint's evaluation, not the trainer's last checkpoint
+        export = body["export-submission"]["inputs"]["artifacts"]
+        for key, output in (("submission", "evaluation"), ("model", "model")):
+            assert export[key]["taskOutputArtifact"]["outputArtifactKey"] == output, key
+            assert export[key]["taskOutputArtifact"]["producerTask"].startswith("choose-checkpoint"), key
         choose = body["choose-checkpoint"]
         assert choose["inputs"]["parameters"]["need_evaluation"]["runtimeValue"]["constant"] is True
         assert choose["inputs"]["parameters"]["final_checkpoint"] == {
@@ -207,6 +212,21 @@ def test_chunk_words_and_reserved_keys():
     for word in ("load_checkpoint=other", "+data_paths=[x]", "eval_max_augmentations=8"):
         with pytest.raises(ValueError, match="set by the pipeline"):
             chunk_words("c", "auto", 0, [word])
+
+
+def test_model_words_left_out_for_the_checkpoint():
+    """The post-training trainer gets no arch.* word (0), so the model is the checkpoint's (trm.warmstart: a
+    command-line shape key that differs from the checkpoint is an error); the pretraining values pass through."""
+    from components.impl.check import train_overrides
+    from trm.config import load_config
+
+    post = train_overrides("cfg_posttrain", "d", "r", 0, 0, 0, 0, 0, 0, 16, 4, 2, 1e-3, 1e-2, False, ["x=1"])
+    assert not [w for w in post if w.startswith("arch.")] and post[-1] == "x=1"
+    assert load_config(post[:-1]).explicit_keys.isdisjoint({"arch.hidden_size", "arch.L_cycles"})
+    pre = train_overrides("cpu-tiny", "d", "r", 64, 2, 1, 1, 2, 2, 16, 4, 2, 1e-3, 1e-2, False, [])
+    assert [w for w in pre if w.startswith("arch.")] == [
+        "arch.hidden_size=64", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=1", "arch.L_cycles=2",
+        "arch.halt_max_steps=2"]
 
 
 def test_too_small_names_the_chunk():
