@@ -229,6 +229,29 @@ def test_model_words_left_out_for_the_checkpoint():
         "arch.halt_max_steps=2"]
 
 
+def test_cluster_job_takes_the_posttrain_words():
+    """The words a chunk's TrainJob/PyTorchJob gets pass the launcher's key=value check (preset=cfg_posttrain
+    selects the built-in config; no --config-name needed) and build valid jobs."""
+    from components.impl.check import train_overrides
+    from components.impl.launch import launch_config
+    from components.impl.posttrain import chunk_root, chunk_words
+    from trm.launch.pytorchjob import build_pytorchjob, operator_problems
+    from trm.launch.trainjob import build_trainjob, trainjob_problems
+
+    root = chunk_root("s3://trm/posttrain/post1", 3)
+    extra = chunk_words("s3://trm/runs/seed1/checkpoints/step-723000", "auto", 512, ["freeze_weights_epochs=600"])
+    words = train_overrides("cfg_posttrain", f"{root}/dataset", root, 0, 0, 0, 0, 0, 0, 384, 15000, 3000, 1e-4,
+                            1e-2, True, extra)
+    job = {"image": "reg/trainer:x", "gpu_type": "nvidia.com/gpu", "run_root": root, "namespace": "team-a",
+           "nnodes": 1, "nproc_per_node": 4, "kfp_run_id": "run-1", "s3_endpoint": "http://s3:9000"}
+    cfg = launch_config(words, job, {})
+    assert cfg.name == "trm-post1-c003"
+    assert cfg.train_args[0] == "preset=cfg_posttrain"
+    assert "load_checkpoint=s3://trm/runs/seed1/checkpoints/step-723000" in cfg.train_args
+    assert "eval_max_augmentations=512" in cfg.train_args and cfg.train_args[-1] == "freeze_weights_epochs=600"
+    assert operator_problems(build_pytorchjob(cfg)) == [] and trainjob_problems(build_trainjob(cfg)) == []
+
+
 def test_too_small_names_the_chunk():
     from components.impl.posttrain import too_small
     from trm.data.validate import Pair, Task

@@ -278,9 +278,10 @@ def check(params: dict[str, Any], job_id: str) -> dict[str, Any]:
             raise ValueError(f"run_id: {root} already holds a post-training run with another checkpoint or other "
                              f"chunks ({plan_uri}); use a new run_id (or the same checkpoint, tasks and chunk_size "
                              "to resume it)")
+    backend = launch.check_cluster({**params, "kfp_run_id": job_id}, first, words)
+    # nothing is written before every check has passed
     chunks, challenges, solutions = write_sources(root, tasks, plan)
     runtime.write_json(plan_uri, record)
-    backend = launch.check_cluster({**params, "kfp_run_id": job_id}, first, words)
     runtime.write_json(runtime.join(root, "params.json"), {**params, "run_root": root,
                                                            "resolved_checkpoint": checkpoint})
     known = sum(known_outputs(t) for t in tasks.values())
