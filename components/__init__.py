@@ -6,6 +6,8 @@
     from components.evaluate import evaluate                   # 3. vote, report -> <run>/eval/step-N/
     from components.export_submission import export_submission # 4. validated <run>/submission.json
     from components.cleanup import cleanup_jobs                # exit handler: delete the run's training jobs
+    from components.choose import choose_checkpoint            # the final checkpoint: last | best (both pipelines)
+    from components.posttrain import check_posttrain, merge_submissions, score_submission   # post-training
 
 Each `@dsl.component` body only imports and calls `components.impl.<step>.run(...)`, plain Python that tests
 call directly or through the component's `.python_func`. The split is needed: KFP runs component code with

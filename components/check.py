@@ -49,6 +49,7 @@ def check_params(
     ema: bool,
     train_overrides: list,
     max_augmentations: int,
+    final_checkpoint: str,
     trainer_backend: str,
     nnodes: int,
     nproc_per_node: int,
@@ -68,10 +69,13 @@ def check_params(
 
     from components.impl import launch
     from components.impl.check import run
+    from components.impl.choose import CHOICES
     from components.impl.check import train_overrides as make_words
     from components.runtime import use_endpoint
 
     use_endpoint(s3_endpoint)
+    if final_checkpoint not in CHOICES:
+        raise ValueError(f"final_checkpoint: expected one of {CHOICES}, got {final_checkpoint!r}")
     params["run_prefix"] = launch.expand_prefix(run_prefix)
     root = run(params, job_id)
     words = make_words(preset, f"{root}/dataset", root, hidden_size, num_heads, L_layers, H_cycles, L_cycles,

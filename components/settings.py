@@ -56,12 +56,16 @@ LAUNCH_CONFIGMAP = "trm-launch"
 # Requests (and memory limits) of each step's pod: (cpu request, memory request, memory limit).
 STEP_RESOURCES = {
     "check-params": ("500m", "1Gi", "2Gi"),
+    "check-posttrain": ("500m", "2Gi", "4Gi"),  # reads the tasks and writes the chunks' task files
     "build-dataset": ("4", "16Gi", "32Gi"),
     "train": ("8", "64Gi", "256Gi"),  # torchrun in the pod (trainer_backend=local): the GPUs' host side
     "train-job": ("250m", "512Mi", "1Gi"),  # the launcher: follows the TrainJob/PyTorchJob
+    "choose-checkpoint": ("250m", "512Mi", "1Gi"),
     "evaluate": ("8", "64Gi", "128Gi"),
     "export-submission": ("500m", "2Gi", "4Gi"),
     "cleanup-jobs": ("100m", "256Mi", "512Mi"),
+    "merge-submissions": ("500m", "2Gi", "4Gi"),
+    "score-submission": ("500m", "2Gi", "4Gi"),
 }
 # Scratch space on /tmp (an emptyDir with this size limit; TRM_HOME=/tmp/trm in the images): the dataset build
 # stages its output there, trainers and evaluation cache the dataset there. Never the container's own filesystem.
@@ -77,3 +81,6 @@ LAUNCHER_TIMEOUT = 8 * 24 * 3600
 # The one retry layer: KFP retries the train step (each attempt resumes from the newest checkpoint, and adopts
 # or resubmits the job of this run); the jobs themselves never restart pods (backoffLimit 0).
 TRAIN_RETRIES = 3
+# The post-training pipeline's chunks (chunk_size > 0) that run at once (dsl.ParallelFor parallelism; KFP fixes it
+# when compiling): each is a training job of nnodes x nproc_per_node GPUs. 0 would mean all at once.
+CHUNK_PARALLELISM = 4

@@ -1,9 +1,10 @@
 """`trm pipeline`: compile, run locally, or submit the KFP pipeline.
 
-    trm pipeline compile [--output pipeline.yaml]
+    trm pipeline compile [--pipeline posttrain] [--output pipeline.yaml]
     trm pipeline run-local [--tasks N] [--run-id ID] [--param key=value ...]     # = make run
-    trm pipeline submit --host URL [--experiment NAME] [--param key=value ...]
-    trm pipeline params                                                         # every parameter and default
+    trm pipeline run-local --pipeline posttrain --checkpoint URI [--tasks N] [--param key=value ...]
+    trm pipeline submit [--pipeline posttrain] --host URL [--experiment NAME] [--param key=value ...]
+    trm pipeline params [--pipeline posttrain]                                  # every parameter and default
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "submit":
         from pipeline.submit import main as run
     elif command == "params":
-        from pipeline.params import signature
+        from pipeline.params import PIPELINES, signature
 
-        for name, (kind, default) in signature().items():
+        which = rest[1] if rest[:1] == ["--pipeline"] and len(rest) > 1 else "pretrain"
+        if which not in PIPELINES or (rest and rest[:1] != ["--pipeline"]):
+            print(f"trm pipeline params: expected [--pipeline {'|'.join(PIPELINES)}], got {rest}", file=sys.stderr)
+            return 2
+        for name, (kind, default) in signature(which).items():
             print(f"  {name:<26} {kind.__name__:<6} {default!r}")
         return 0
     else:

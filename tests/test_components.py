@@ -44,8 +44,8 @@ def source(tmp_path_factory) -> str:
 def check_args(source: str, **changes) -> dict:
     args = dict(s3_endpoint="", job_id="job-1", bucket="", run_prefix="tests/components", run_id="r1",
                 input_prefix=source, subsets=["training2", "evaluation2"], test_set_names=["evaluation2"],
-                train_only_subsets=[], num_aug=1, **TINY_TRAIN, max_augmentations=0, trainer_backend="local",
-                nnodes=1, nproc_per_node=1, gpu_type="", node_selector={}, tolerations=[],
+                train_only_subsets=[], num_aug=1, **TINY_TRAIN, max_augmentations=0, final_checkpoint="last",
+                trainer_backend="local", nnodes=1, nproc_per_node=1, gpu_type="", node_selector={}, tolerations=[],
                 trainer_image="reg.example/trainer:1", namespace="", active_deadline_seconds=7 * 86400,
                 pending_timeout=1800, queue_name="")
     args.update(changes)
@@ -58,7 +58,8 @@ def test_pod_code_imports_under_kfp_runtime():
     import sys
 
     code = "; ".join(f"import components.impl.{m}" for m in
-                     ("check", "build_dataset", "train", "evaluate", "export_submission", "launch")) \
+                     ("check", "build_dataset", "train", "evaluate", "export_submission", "launch", "choose",
+                                  "posttrain")) \
         + "; import components.runtime; import trm.launch.client; import trm.evaluation.curves"
     done = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "_KFP_RUNTIME": "true"},
                           capture_output=True, text=True)
@@ -109,6 +110,7 @@ def test_check_params_auto_outside_a_cluster_is_local(s3_env, source, capsys):
                                       "in a cluster"),
     ({"trainer_backend": "auto", "nnodes": 2}, "auto resolved to local"),
     ({"run_prefix": "private/{user}/trm"}, "the only placeholder is {namespace}"),
+    ({"final_checkpoint": "newest"}, "final_checkpoint: expected one of"),
 ])
 def test_check_params_rejects_bad_values(s3_env, source, change, message):
     from components.check import check_params

@@ -112,12 +112,20 @@ def test_dag_shape_caching_retries_and_gpus(docs):
 
     pipeline_doc, _ = docs
     tasks = _tasks(pipeline_doc)
-    assert {"check-params", "build-dataset", "train", "train-job", "evaluate", "evaluate-2",
-            "export-submission", "export-submission-2", "cleanup-jobs"} <= set(tasks)
+    assert {"check-params", "build-dataset", "train", "train-job", "choose-checkpoint", "choose-checkpoint-2",
+            "evaluate", "evaluate-2", "export-submission", "export-submission-2", "cleanup-jobs"} <= set(tasks)
     assert tasks["build-dataset"]["dependentTasks"] == ["check-params"]
-    assert tasks["evaluate"]["dependentTasks"] == ["train"]
-    assert tasks["export-submission"]["dependentTasks"] == ["evaluate", "train"]
-    assert tasks["evaluate-2"]["dependentTasks"] == ["train-job"]
+    # the final checkpoint (last | best) is chosen after training; evaluate and export take the chosen one
+    assert tasks["choose-checkpoint"]["dependentTasks"] == ["train"]
+    assert tasks["choose-checkpoint-2"]["dependentTasks"] == ["train-job"]
+    assert tasks["evaluate"]["dependentTasks"] == ["choose-checkpoint"]
+    assert tasks["export-submission"]["dependentTasks"] == ["choose-checkpoint", "evaluate"]
+    assert tasks["evaluate-2"]["dependentTasks"] == ["choose-checkpoint-2"]
+    for name in ("evaluate", "export-submission"):
+        assert tasks[name]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "model", "producerTask": "choose-checkpoint"}, name
+    assert tasks["choose-checkpoint"]["inputs"]["parameters"]["final_checkpoint"] == {
+        "componentInputParameter": "pipelinechannel--final_checkpoint"}
     # the exit handler: cleanup-jobs runs after everything else, however it ended, with the final status
     root = pipeline_doc["root"]["dag"]["tasks"]
     assert set(root) == {"cleanup-jobs", "exit-handler-1"}
@@ -159,7 +167,7 @@ def test_every_executor_requests_cpu_and_memory(docs):
 
     pipeline_doc, _ = docs
     executors = pipeline_doc["deploymentSpec"]["executors"]
-    assert len(executors) == 9
+    assert len(executors) == 11
     for name, executor in executors.items():
         resources = executor["container"]["resources"]
         step = name[len("exec-"):].removesuffix("-2")

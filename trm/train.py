@@ -607,9 +607,10 @@ class Trainer:
             voter.add(o["puzzle_identifiers"], o["inputs"], o["preds"], o["q_halt_logits"], copy=False)  # unchanged
         vote = voter.result()
         try:
+            from trm.evaluation.files import localize_path
             from trm.evaluation.vote import load_dataset_files, write_results
 
-            test_puzzles, _ = load_dataset_files(self.test_paths[0])
+            test_puzzles, _ = load_dataset_files(localize_path(self.test_paths[0]))  # s3:// datasets too
             write_results(vote, test_puzzles, out_dir, title=f"TRM evaluation, step {self.step}")
         except ImportError:
             out_dir.mkdir(parents=True, exist_ok=True)

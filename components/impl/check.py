@@ -27,18 +27,21 @@ def train_overrides(
     ema: bool,
     extra: list,
 ) -> list[str]:
-    """The `trm train` words for these pipeline parameters (extra `key=value` words last, so they win)."""
+    """The `trm train` words for these pipeline parameters (extra `key=value` words last, so they win).
+
+    A model key given as 0 (hidden_size, num_heads, L_layers, H_cycles, L_cycles, halt_max_steps) is left out: the
+    preset's value; with `load_checkpoint` the checkpoint's for the keys that define the model (trm.warmstart).
+    The post-training pipeline passes 0 for all of them."""
     words = [
         f"preset={preset}",
         f"data_paths=[{dataset_uri}]",
         f"run_dir={root}",
         f"checkpoint_path={root}/checkpoints",
-        f"arch.hidden_size={hidden_size}",
-        f"arch.num_heads={num_heads}",
-        f"arch.L_layers={L_layers}",
-        f"arch.H_cycles={H_cycles}",
-        f"arch.L_cycles={L_cycles}",
-        f"arch.halt_max_steps={halt_max_steps}",
+    ]
+    arch = (("hidden_size", hidden_size), ("num_heads", num_heads), ("L_layers", L_layers), ("H_cycles", H_cycles),
+            ("L_cycles", L_cycles), ("halt_max_steps", halt_max_steps))
+    words += [f"arch.{key}={value}" for key, value in arch if value != 0]
+    words += [
         f"global_batch_size={global_batch_size}",
         f"epochs={epochs}",
         f"eval_interval={eval_interval}",

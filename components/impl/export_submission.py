@@ -24,6 +24,7 @@ def run(submission, dataset, model, run_root: str, final) -> dict:
         "run_root": run_root,
         "dataset": data_uri,
         "checkpoint": runtime.pointer_uri(model),
+        "final_checkpoint": (model.metadata or {}).get("chosen", "last"),
         "step": meta.get("step"),
         "submission": target,
         "evaluated_submission": source,
