@@ -272,7 +272,9 @@ class Runner:
         self.device = batch["inputs"].device
         if spec.sdpa != "auto":
             set_attention_backend(model, spec.sdpa)
-        self.call = model if spec.compile is None else torch.compile(model, mode=spec.compile)
+        # "default": torch.compile with every option at its default, as the reference's pretrain.py calls it
+        self.call = (model if spec.compile is None else torch.compile(model) if spec.compile == "default"
+                     else torch.compile(model, mode=spec.compile))
         self.optimizers, self.ema, self.adam_origin = [], None, ""
         self.generator = None
         if spec.side == "ours":
@@ -526,7 +528,7 @@ def run_recipe(args, model: LossHead, name: str, device: torch.device, peak: flo
             print(f"recipe {label}: {r['seconds']:.3f} s per optimiser step ({r['examples_per_s']:.0f} ex/s), "
                   f"{_fmt(r['tflops'], '.1f')} TFLOP/s, MFU {_fmt(r['mfu'], '.1f')}%, peak {_fmt(r['peak_gib'], '.2f', 'n/a')} GiB, "
                   f"first step {r['first_s']:.1f} s"
-                  + (f"; {args.run_steps} such steps: {r['run_hours']:.1f} h on one GPU" if args.run_steps else ""),
+                  + (f"; {args.run_steps} such steps: {r['run_hours']:.1f} h on this device" if args.run_steps else ""),
                   flush=True)
     return rows
 

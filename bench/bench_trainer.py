@@ -115,9 +115,10 @@ def run_variant(args, data: Path, name: str, words: list[str]) -> dict:
         shutil.rmtree(run)
     train = [f"preset={args.preset}", f"data_paths=[{data}]", f"run_dir={run}", f"global_batch_size={args.batch}",
              f"device={args.device}", "evaluators=[]", "progress=False", "wandb=off", f"run_name=bench-{name}",
-             "log_data_wait=True", f"max_steps={args.steps + 1000}", "checkpoint_every_minutes=null", *words]
+             "log_data_wait=True", f"max_steps={args.steps + 1000}", "checkpoint_every_minutes=null"]
     if args.preset == "cpu-tiny":
-        train.append("micro_batch_size=null")
+        train.append("micro_batch_size=null")  # the preset's micro-batches of 8 would not divide other batches
+    train += words
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "trm.train",
            *train]
     print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
@@ -183,7 +184,17 @@ def bench_rate(path: Path, batch: int) -> tuple[str, float] | None:
     return best["setting"], best["examples_per_s"]
 
 
+def _write(path: Path | None, payload: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="a built dataset (else build one from --arc-prefix)")
     p.add_argument("--arc-prefix", default=str(ROOT.parent / "shared" / "arc-agi" / "arc-agi"),
@@ -198,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=192, help="global_batch_size (one process: rows per step)")
     p.add_argument("--steps", type=int, default=60, help="steps to log before the run is stopped")
     p.add_argument("--skip", type=int, default=10, help="first steps left out of the rate (compilation)")
-    p.add_argument("--timeout", type=float, default=420.0, help="seconds per variant")
+    p.add_argument("--timeout", type=float, default=420.0, help="seconds per variant at most")
+    p.add_argument("--deadline", type=float, default=0.0,
+                   help="seconds for the whole bench: a variant starts only with --min-variant seconds left")
+    p.add_argument("--min-variant", type=float, default=60.0)
     p.add_argument("--variant", action="append", default=[],
                    help="NAME=WORDS: a run with these extra trm train words (default: one run, plain=)")
     p.add_argument("--step-json", type=Path, default=None, help="bench_step.py --json output to compare with")
@@ -234,11 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         payload["bench_step"] = {"setting": reference[0], "examples_per_s": reference[1]} if reference else None
         payload["runs"] = []
         for name, words in variants:
+            if args.deadline:
+                left = args.deadline - (time.monotonic() - started)
+                if left < args.min_variant:
+                    print(f"{name}: skipped, {left:.0f} s of the --deadline left", flush=True)
+                    payload["runs"].append({"name": name, "words": words, "error": "skipped (time budget)"})
+                    continue
+                args.timeout = min(args.timeout, left - 10)
             result = run_variant(args, data, name, words)
             if reference and result.get("examples_per_s"):
                 result["vs_bench_step"] = result["examples_per_s"] / reference[1]
             payload["runs"].append(result)
             if result["error"]:
+                _write(args.json, payload)
                 continue
             line = (f"{name}: {result['seconds_per_step']:.4f} s/step, {result['examples_per_s']:.1f} ex/s over steps "
                     f"{result['measured_steps'][0]}..{result['measured_steps'][1]}; first metrics line after "
@@ -254,14 +276,14 @@ def main(argv: list[str] | None = None) -> int:
                 line += (f"; vs bench_step ({reference[0]}, {reference[1]:.1f} ex/s): {ratio:.2f}x "
                          f"({'within' if ratio >= 0.9 else 'NOT within'} 10%)")
             print(line, flush=True)
+            _write(args.json, payload)  # after each variant: a cut-short bench keeps what it measured
     finally:
         if own_work and not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
         elif not args.keep and not args.data:
             shutil.rmtree(Path(args.work) / "data", ignore_errors=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1))
+        _write(args.json, payload)
         print(f"wrote {args.json}")
     return 0 if payload["runs"] and all(not r["error"] for r in payload["runs"]) else 1
 

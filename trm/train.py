@@ -184,7 +184,7 @@ def levers_set(cfg: TrainConfig) -> list[str]:
 
 def compile_model(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
     """torch.compile with the `compile_mode` key's mode (default, reduce-overhead = CUDA graphs, max-autotune...)."""
-    return torch.compile(model, mode=mode)
+    return torch.compile(model) if mode == "default" else torch.compile(model, mode=mode)
 
 
 class MetricLog:
