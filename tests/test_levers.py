@@ -184,3 +184,23 @@ def test_bad_lever_values_are_refused(word, message):
 
     with pytest.raises(ValueError, match=message):
         load_config(["preset=cpu-tiny", word], warn=False)
+
+
+def test_compile_mode_reaches_torch_compile(tiny, tmp_path, monkeypatch):
+    from trm.config import load_config
+    from trm.train import Dist, Trainer, compile_model
+
+    calls = []
+
+    def record(model, **kwargs):
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", record)
+    model = torch.nn.Linear(2, 2)
+    assert compile_model(model, "default") is model and compile_model(model, "reduce-overhead") is model
+    assert calls == [{}, {"mode": "reduce-overhead"}]  # "default": every option at its default, as the reference
+    calls.clear()
+    Trainer(load_config([*BASE, f"data_paths=[{tiny}]", f"run_dir={tmp_path}", "compile=True",
+                         "compile_mode=max-autotune"], warn=False), Dist())
+    assert calls == [{"mode": "max-autotune"}]
