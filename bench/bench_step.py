@@ -482,7 +482,7 @@ def environment(device: torch.device, args, optimizer_note: str) -> dict:
 
 # --- the one-GPU recipe ----------------------------------------------------------------------------------------
 
-def run_recipe(args, model: LossHead, name: str, device: torch.device, peak: float) -> list[dict]:
+def run_recipe(args, model: LossHead, name: str, device: torch.device, peak: float, partial: dict) -> list[dict]:
     """Seconds per optimiser step and peak memory of `G` rows in micro-batches of `M`, ours compiled."""
     rows = []
     for item in [t.strip() for t in args.recipe.split(",") if t.strip()]:
@@ -518,6 +518,8 @@ def run_recipe(args, model: LossHead, name: str, device: torch.device, peak: flo
         except Exception as err:  # noqa: BLE001 - e.g. out of memory for one step of 768 rows
             row["error"] = _error(err)
         rows.append(row)
+        if args.json:  # after each configuration: a run cut short keeps what it measured
+            write_json(args.json, {**partial, "recipe": partial["recipe"] + rows})
         del runner, own, batch, micro_batches
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -622,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.device(device):
             model = LossHead(TRM(make_config(name, args.batch, args.dtype, args.num_ids)))
         if args.recipe:
-            payload["recipe"] += run_recipe(args, model, name, device, peak)
+            payload["recipe"] += run_recipe(args, model, name, device, peak, payload)
             continue
         cfg = make_config(name, args.batch, args.dtype, args.num_ids)
         batch = make_batch(cfg, device)
@@ -661,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
                     "vs_reference_compiled": peer_c / wall if peer_c and wall and r.spec.side == "ours" else None,
                     "vs_reference_eager": peer_e / wall if peer_e and wall and r.spec.side == "ours" else None,
                     "error": t["error"]})
+            if args.json:  # after each mode: a run cut short keeps what it measured
+                heads = [h for h in (headline(rows, name, m) for m in {r["mode"]: 0 for r in rows}) if h]
+                write_json(args.json, {**payload, "rows": payload["rows"] + rows,
+                                       "headline": payload["headline"] + heads})
         print()
         print_table(rows)
         payload["rows"] += rows

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 14: one script, one GPU (H100/H200), no network, under 10 minutes; every number in one
-# table at the end (bench/gpu_summary.py) and the raw JSON in RESULTS_DIR (default bench/results/).
+# table at the end (bench/gpu_summary.py) and the raw JSON in RESULTS_DIR (default bench/results/; without CUDA a
+# temporary folder).
 #
 #     bash bench/gpu_check.sh                                  # everything that fits in BUDGET_S
 #     RESULTS_DIR=$OUT bash bench/gpu_check.sh                 # on the device machine: $OUT comes back
@@ -23,30 +24,32 @@
 # needs pytest. The `--abi abi3` and `--platform manylinux_2_17_x86_64` are needed: pycryptodome and
 # argon2-cffi-bindings ship abi3 wheels only. Omit --python-version etc. when preparing on the GPU's own Python.)
 # Then the device tool: carry [".gpu-data", ".gpu-ref", ".whl"], command `RESULTS_DIR=$OUT bash bench/gpu_check.sh`,
-# timeout_s 600. The setup part installs only the missing packages, from .whl, into .gpu-pylib (no network).
+# timeout_s 600. The setup part unpacks the wheels of the packages that are not importable into .gpu-pylib (on
+# PYTHONPATH; no pip, no network).
 #
 # Parts, in this order (STEPS picks some; each starts only when its minimum fits in what is left of BUDGET_S, and
-# gets at most what is left; the estimates are for one H100/H200 and are printed against the measured time):
+# gets at most what is left; the estimates are ours for one H100/H200, not measured; each part's time is printed):
 #   step      bench_step.py: seed model, BATCH rows (192: the seed run's per-GPU share of 768 on 4 GPUs), bf16:
 #             ours eager / compile / compile:reduce-overhead (CUDA graphs) and eager with each SDPA kernel
 #             (OURS), the reference's models/ eager and compiled as its pretrain.py compiles them, on the same
 #             weights and batch, train (fwd+bwd+optimisers+EMA) and eval steps: s/step, MFU, peak GiB, ratios.
-#                                                                                  ~4 min (5 compilations)
-#   trainer   bench_trainer.py: builds the seed dataset (training2 + evaluation2 + concept, num_aug 1000: ~1.19 M
+#                                                                                  ~3-4 min (3 compilations x 2)
+#   trainer   bench_trainer.py: builds the seed dataset (training2 + evaluation2 + concept, num_aug 1000: 1.19 M
 #             puzzle identifiers, a 2.3 GiB table) and runs `trm train preset=arc2-seed` (torchrun, 1 process,
-#             BATCH rows, bf16, compiled, EMA): examples/s from metrics.jsonl against the step bench, the data
-#             wait per step (log_data_wait), GPU memory; then the same with log_interval=25 prefetch_batches=2.
-#                                                                                  ~3 min
-#   recipe    bench_step.py --recipe: one optimiser step of 768 rows as 4x192, 2x384 and 1x768 (compiled), peak
-#             memory, and what the seed run's step count costs on one GPU.        ~1.5 min
+#             BATCH rows, bf16, compiled, EMA) for TRAIN_STEPS steps: examples/s from metrics.jsonl against the
+#             step bench, the data wait per step (log_data_wait), GPU memory.     ~2-3 min
 #   learn     bench_learn.py --compare: cpu-tiny on the six ARC-AGI-1 tasks, LEARN_STEPS steps, bf16 + compile
 #             and float32 eager, same seed: train exact accuracy side by side.    ~1.5 min
-#   parity    tests/test_model_parity.py on the device (float32) and the fused adam-atan2 test (skips without
-#             the kernel).                                                         ~1 min
+#   recipe    bench_step.py --recipe: one optimiser step of 768 rows as 4x192, 2x384 and 1x768 (compiled), peak
+#             memory, and what the seed run's step count costs on one GPU.        ~1.5 min
+#   levers    the trainer part again with LEVERS (log_interval=25 prefetch_batches=2) on the same build.  ~1.5 min
+#   parity    tests/test_model_parity.py on the device (float32, with the reference code) and the fused
+#             adam-atan2 test (skips without the kernel).                          ~1 min
 #   autotune  bench_step.py with compile:max-autotune for ours (train and eval) against the reference
 #             compiled.                                                            ~4 min (autotuning)
 #   resume    (not in the default STEPS) cpu-tiny in bf16 on the device: 30 steps, resume to 40, evaluate.
-# Without CUDA every part runs in a reduced form on the CPU (tiny model, batch 4, few steps, no reduce-overhead),
+# With BUDGET_S=570 the first parts fit; what does not is reported as skipped: run it later with STEPS=... .
+# Without CUDA the parts run in a reduced form on the CPU (tiny model, batch 4, few steps, no CUDA graphs or autotune),
 # to try the code paths anywhere; its numbers mean nothing for the issue.
 # Exit status: non-zero when a part that ran failed.
 set -uo pipefail
@@ -54,7 +57,9 @@ cd "$(dirname "$0")/.." || exit 2
 
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-RESULTS_DIR=${RESULTS_DIR:-bench/results}
+HAS_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+# GPU numbers go to bench/results/; the CPU form's (meaningless for the issue) to a temporary folder
+[ "$HAS_CUDA" = 1 ] && RESULTS_DIR=${RESULTS_DIR:-bench/results} || RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/trm-gpu-check-results}
 mkdir -p "$RESULTS_DIR" && RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
 GPU_DATA=${GPU_DATA:-.gpu-data}
 if [ -z "${TRM_SHARED_DIR:-}" ]; then
@@ -73,10 +78,10 @@ PARTS=$WORK/parts.tsv
 : >"$PARTS"
 status=0
 
-HAS_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 if [ "$HAS_CUDA" = 1 ]; then
     BUDGET_S=${BUDGET_S:-570}
-    STEPS=" ${STEPS:-step trainer recipe learn parity autotune} "
+    STEPS=" ${STEPS:-step trainer learn recipe levers parity autotune} "
+    LEVERS=${LEVERS:-log_interval=25 prefetch_batches=2}
     BATCH=${BATCH:-192}
     REPEATS=${REPEATS:-3}
     MODEL=seed DEVICE=cuda DTYPE=bfloat16
@@ -87,7 +92,8 @@ if [ "$HAS_CUDA" = 1 ]; then
     TRAIN_STEPS=${TRAIN_STEPS:-50}
 else
     BUDGET_S=${BUDGET_S:-5400}
-    STEPS=" ${STEPS:-step trainer recipe learn parity} "
+    STEPS=" ${STEPS:-step trainer learn recipe levers parity} "
+    LEVERS=${LEVERS:-log_interval=3 prefetch_batches=2}
     BATCH=${BATCH:-4}
     REPEATS=${REPEATS:-1}
     MODEL=tiny DEVICE=cpu DTYPE=bfloat16
@@ -128,25 +134,27 @@ part() {
 echo "== setup ($(date -u +%FT%TZ)): results in $RESULTS_DIR, shared files $TRM_SHARED_DIR, reference $REF_DIR"
 # the packages trm, the reference and pytest import, installed from the carried wheels only when missing
 "$PY" - "$WHEELS" "$PYLIB" <<'EOF'
-import importlib.util, subprocess, sys
+import importlib.util, re, sys, zipfile
 from pathlib import Path
-wheels, target = Path(sys.argv[1]), sys.argv[2]
+wheels, target = Path(sys.argv[1]), Path(sys.argv[2])
 need = {"minio": "minio", "argon2": "argon2-cffi", "_argon2_cffi_bindings": "argon2-cffi-bindings", "cffi": "cffi",
         "pycparser": "pycparser", "Crypto": "pycryptodome", "certifi": "certifi", "urllib3": "urllib3",
         "omegaconf": "omegaconf", "yaml": "pyyaml", "tqdm": "tqdm", "pydantic": "pydantic",
         "pydantic_core": "pydantic-core", "annotated_types": "annotated-types", "typing_inspection": "typing-inspection",
         "einops": "einops", "pytest": "pytest", "pluggy": "pluggy", "iniconfig": "iniconfig", "packaging": "packaging",
         "pygments": "pygments"}
+norm = lambda name: re.sub(r"[-_.]+", "_", name).lower()
 missing = [dist for mod, dist in need.items() if importlib.util.find_spec(mod) is None]
-if not missing:
-    print("setup: every package is importable")
-elif not wheels.is_dir():
-    print(f"setup: missing {missing} and no {wheels}/ folder of wheels (see the script header)")
-else:
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--find-links", str(wheels),
-           "--target", target, *missing]
-    print("setup:", " ".join(cmd[3:]))
-    sys.exit(subprocess.run(cmd).returncode)
+files = {norm(w.name.split("-")[0]): w for w in sorted(wheels.glob("*.whl"))} if wheels.is_dir() else {}
+# a wheel is a zip of its site-packages files: unpacked into the PYTHONPATH folder, it imports (no pip needed)
+for dist in missing:
+    wheel = files.get(norm(dist))
+    if wheel is None:
+        print(f"setup: {dist} is not importable and {wheels}/ has no wheel of it (see the script header)")
+        continue
+    zipfile.ZipFile(wheel).extractall(target)
+    print(f"setup: {dist} from {wheel.name}")
+print("setup: every package is importable" if not missing else f"setup: {len(missing)} package(s) were missing")
 EOF
 [ $? = 0 ] || status=1
 "$PY" - "$RESULTS_DIR/env.json" <<'EOF'
@@ -174,16 +182,20 @@ else echo "(no reference code in $REF_DIR: the step bench times ours only; see t
 if [ "$HAS_CUDA" = 1 ]; then
     part step 150 330 "$PY" bench/bench_step.py --models seed --device cuda --dtype bfloat16 --batch "$BATCH" \
         --repeats "$REPEATS" --num-ids "$SEED_IDS" --ours "$OURS" "${REF_ARGS[@]}" --json "$RESULTS_DIR/step.json"
-    part trainer 120 300 "$PY" bench/bench_trainer.py --arc-prefix "$ARC_DIR/arc-agi" --work "$WORK/trainer" \
-        --device cuda --batch "$BATCH" --steps "$TRAIN_STEPS" --skip 10 --deadline "$(( $(left) - RESERVE - 10 ))" \
-        --variant plain= --variant "levers=log_interval=25 prefetch_batches=2" \
+    part trainer 120 260 "$PY" bench/bench_trainer.py --arc-prefix "$ARC_DIR/arc-agi" --work "$WORK/trainer" --keep \
+        --device cuda --batch "$BATCH" --steps "$TRAIN_STEPS" --skip 10 --timeout 240 --variant plain= \
         --step-json "$RESULTS_DIR/step.json" --json "$RESULTS_DIR/trainer.json"
     RUN_STEPS=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['dataset']['seed_run_steps'])" \
         "$RESULTS_DIR/trainer.json" 2>/dev/null || echo 722099)
-    part recipe 80 200 "$PY" bench/bench_step.py --models seed --device cuda --dtype bfloat16 --num-ids "$SEED_IDS" \
-        --recipe "$RECIPE" --recipe-repeats 1 --run-steps "$RUN_STEPS" --json "$RESULTS_DIR/recipe.json"
-    part learn 80 240 "$PY" bench/bench_learn.py --arc-dir "$ARC_DIR" --compare --device cuda --steps "$LEARN_STEPS" \
+    part learn 80 200 "$PY" bench/bench_learn.py --arc-dir "$ARC_DIR" --compare --device cuda --steps "$LEARN_STEPS" \
         --print-every 100 --minutes 3 --json "$RESULTS_DIR/learn.json"
+    part recipe 60 200 "$PY" bench/bench_step.py --models seed --device cuda --dtype bfloat16 --num-ids "$SEED_IDS" \
+        --recipe "$RECIPE" --recipe-repeats 1 --run-steps "$RUN_STEPS" --json "$RESULTS_DIR/recipe.json"
+    TRAINER_DATA=(--arc-prefix "$ARC_DIR/arc-agi")  # the trainer part's build when it is there, else a new one
+    [ -f "$WORK/trainer/data/train/dataset.json" ] && TRAINER_DATA=(--data "$WORK/trainer/data")
+    part levers 70 180 "$PY" bench/bench_trainer.py "${TRAINER_DATA[@]}" --work "$WORK/levers" --device cuda \
+        --batch "$BATCH" --steps "$TRAIN_STEPS" --skip 10 --timeout 170 --variant "levers=$LEVERS" \
+        --step-json "$RESULTS_DIR/step.json" --json "$RESULTS_DIR/levers.json"
     part parity 40 120 env TRM_TEST_DEVICE=cuda TRM_REFERENCE_DIR="$REF_DIR" "$PY" -m pytest -q -p no:cacheprovider \
         -o addopts="" -rs tests/test_model_parity.py tests/test_optim.py::test_fused_matches_ours
     part autotune 150 330 "$PY" bench/bench_step.py --models seed --device cuda --dtype bfloat16 --batch "$BATCH" \
@@ -209,13 +221,14 @@ else
     part step 60 1800 "$PY" bench/bench_step.py --models tiny --device cpu --dtype "$DTYPE" --batch "$BATCH" \
         --repeats "$REPEATS" --ours "$OURS" "${REF_ARGS[@]}" --json "$RESULTS_DIR/step.json"
     part trainer 60 900 "$PY" bench/bench_trainer.py --arc-prefix "$ARC_DIR/arc-agi" --subsets training \
-        --test-set-name training --num-aug 2 --preset cpu-tiny --work "$WORK/trainer" --device cpu --batch 8 \
-        --steps "$TRAIN_STEPS" --skip 2 --variant plain= --variant "levers=log_interval=3 prefetch_batches=2" \
-        --json "$RESULTS_DIR/trainer.json"
-    part recipe 60 900 "$PY" bench/bench_step.py --models tiny --device cpu --dtype "$DTYPE" --recipe "$RECIPE" \
-        --recipe-compile off --recipe-repeats 1 --run-steps 722099 --json "$RESULTS_DIR/recipe.json"
+        --test-set-name training --num-aug 2 --preset cpu-tiny --work "$WORK/trainer" --keep --device cpu --batch 8 \
+        --steps "$TRAIN_STEPS" --skip 2 --variant plain= --json "$RESULTS_DIR/trainer.json"
     part learn 60 1800 "$PY" bench/bench_learn.py --arc-dir "$ARC_DIR" --compare --device cpu --steps "$LEARN_STEPS" \
         --print-every 4 --window 4 --minutes 15 --json "$RESULTS_DIR/learn.json"
+    part recipe 60 900 "$PY" bench/bench_step.py --models tiny --device cpu --dtype "$DTYPE" --recipe "$RECIPE" \
+        --recipe-compile off --recipe-repeats 1 --run-steps 722099 --json "$RESULTS_DIR/recipe.json"
+    part levers 60 900 "$PY" bench/bench_trainer.py --data "$WORK/trainer/data" --preset cpu-tiny --work "$WORK/levers" \
+        --device cpu --batch 8 --steps "$TRAIN_STEPS" --skip 2 --variant "levers=$LEVERS" --json "$RESULTS_DIR/levers.json"
     part parity 30 600 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_model_parity.py
 fi
 

@@ -3,7 +3,7 @@
     python bench/gpu_summary.py bench/results          # prints the table, writes bench/results/summary.txt
 
 Reads env.json, step.json (bench_step.py), autotune.json (bench_step.py, max-autotune), recipe.json
-(bench_step.py --recipe), trainer.json (bench_trainer.py), learn.json (bench_learn.py --compare) and parts.json
+(bench_step.py --recipe), trainer.json and levers.json (bench_trainer.py), learn.json (bench_learn.py --compare) and parts.json
 (what ran, how long, exit codes); a part that did not run shows as such. Targets are issue 14's.
 """
 
@@ -30,6 +30,33 @@ def _f(value, spec: str, suffix: str = "") -> str:
 
 def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("met" if ok else "NOT met")
+
+
+def trainer_rows(part: str, trainer: dict | None) -> list[tuple[str, str, str, str, str]]:
+    rows: list[tuple[str, str, str, str, str]] = []
+    if trainer is None:
+        return rows
+    d = trainer.get("dataset", {})
+    rows.append((part, "dataset: puzzle identifiers (table)",
+                 f"{d.get('num_puzzle_identifiers', '-')} ({_f(d.get('table_gib_float32'), '.2f', ' GiB')}); build "
+                 f"{_f(trainer.get('build_s'), '.0f', ' s')}", "~1.28 M", ""))
+    bench = trainer.get("bench_step") or {}
+    for r in trainer.get("runs", []):
+        if r.get("error"):
+            rows.append((part, f"{r['name']} run", f"failed: {r['error'].splitlines()[0][:60]}", "", ""))
+            continue
+        share = r.get("vs_bench_step")
+        rows.append((part, f"{r['name']}: trm train examples/s ({trainer['batch']} rows/step)",
+                     f"{r['examples_per_s']:.1f} ex/s ({r['seconds_per_step']:.4f} s/step) vs bench "
+                     f"{_f(bench.get('examples_per_s'), '.1f')}: {_f(share, '.2f', 'x')}", "within 10%",
+                     _verdict(None if share is None else share >= TRAINER_SHARE)))
+        if "data_wait_median_s" in r:
+            rows.append((part, f"{r['name']}: data wait per step (median / p90 / share of time)",
+                         f"{1000 * r['data_wait_median_s']:.2f} / {1000 * r['data_wait_p90_s']:.2f} ms / "
+                         f"{100 * r['data_wait_share']:.2f}%", "no stall", ""))
+        if r.get("peak_gpu_gib_nvidia_smi") is not None:
+            rows.append((part, f"{r['name']}: GPU memory (nvidia-smi)", f"{r['peak_gpu_gib_nvidia_smi']:.1f} GiB", "", ""))
+    return rows
 
 
 def rows_of(folder: Path) -> tuple[str, list[tuple[str, str, str, str, str]]]:
@@ -73,28 +100,8 @@ def rows_of(folder: Path) -> tuple[str, list[tuple[str, str, str, str, str]]]:
                 (recipe or {}).get("env", {}).get("gpu_memory_gib") else "this device"
             rows.append(("recipe", f"  the seed run ({r['run_steps']} steps) on {where}", f"{r['run_hours']:.1f} h "
                          f"({r['run_hours'] / 24:.1f} days, model step only)", "", ""))
-    trainer = _load(folder, "trainer")
-    if trainer is not None:
-        d = trainer.get("dataset", {})
-        rows.append(("trainer", "seed dataset: puzzle identifiers (table)",
-                     f"{d.get('num_puzzle_identifiers', '-')} ({_f(d.get('table_gib_float32'), '.2f', ' GiB')}); build "
-                     f"{_f(trainer.get('build_s'), '.0f', ' s')}", "~1.28 M", ""))
-        bench = trainer.get("bench_step") or {}
-        for r in trainer.get("runs", []):
-            if r.get("error"):
-                rows.append(("trainer", f"{r['name']} run", f"failed: {r['error'].splitlines()[0][:60]}", "", ""))
-                continue
-            share = r.get("vs_bench_step")
-            rows.append(("trainer", f"{r['name']}: trm train examples/s ({trainer['batch']} rows/step)",
-                         f"{r['examples_per_s']:.1f} ex/s ({r['seconds_per_step']:.4f} s/step) vs bench "
-                         f"{_f(bench.get('examples_per_s'), '.1f')}: {_f(share, '.2f', 'x')}", "within 10%",
-                         _verdict(None if share is None else share >= TRAINER_SHARE)))
-            if "data_wait_median_s" in r:
-                rows.append(("trainer", f"{r['name']}: data wait per step (median / p90 / share of time)",
-                             f"{1000 * r['data_wait_median_s']:.2f} / {1000 * r['data_wait_p90_s']:.2f} ms / "
-                             f"{100 * r['data_wait_share']:.2f}%", "no stall", ""))
-            if r.get("peak_gpu_gib_nvidia_smi") is not None:
-                rows.append(("trainer", f"{r['name']}: GPU memory (nvidia-smi)", f"{r['peak_gpu_gib_nvidia_smi']:.1f} GiB", "", ""))
+    for part in ("trainer", "levers"):
+        rows += trainer_rows(part, _load(folder, part))
     learn = _load(folder, "learn")
     if learn is not None:
         runs = learn.get("runs", {})
