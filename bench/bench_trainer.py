@@ -4,7 +4,7 @@ sparse sign-SGD, with EMA), the time each step waited for its batch, against ben
 
     # build the seed dataset from ARC task files (training2 + evaluation2 + concept, num_aug 1000: ~9 GB written),
     # then 60 steps of 192 rows (the per-GPU share of the seed's 768 on 4 GPUs), bf16, compiled
-    python bench/bench_trainer.py --arc-prefix .gpu-data/arc-agi --work /tmp/trm-trainer --device cuda --steps 60 \
+    python bench/bench_trainer.py --arc-prefix .gpu-data/shared/arc-agi/arc-agi --work runs/bench-trainer --device cuda --steps 60 \
         --step-json bench/results/step.json --json bench/results/trainer.json
     python bench/bench_trainer.py --data data/arc2concept-aug-1000 --device cuda   # an existing build
     # several trainer settings on one build, one after the other (each NAME=WORDS, WORDS: trm train key=value words)

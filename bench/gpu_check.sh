@@ -12,8 +12,8 @@
 # Preparation, on a machine with network, from the repository root (.gpu-data, .gpu-ref and .whl are git-ignored;
 # never commit them):
 #     mkdir -p .gpu-data/shared && cp -r ../shared/arc-agi ../shared/reference-fixtures .gpu-data/shared/
-#     git clone --depth 1 https://github.com/SamsungSAILMontreal/TinyRecursiveModels /tmp/trm-reference \
-#         && mkdir -p .gpu-ref && cp -r /tmp/trm-reference/models .gpu-ref/          # the reference's models/ only
+#     git clone --depth 1 https://github.com/SamsungSAILMontreal/TinyRecursiveModels ../TinyRecursiveModels \
+#         && mkdir -p .gpu-ref && cp -r ../TinyRecursiveModels/models .gpu-ref/          # the reference's models/ only
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #         --platform manylinux2014_x86_64 --platform any -d .whl \
