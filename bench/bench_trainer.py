@@ -109,6 +109,39 @@ class GpuMemory:
         return max(0, self.peak - self.base) / 1024
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; [] elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_run(proc: subprocess.Popen) -> None:
+    """SIGKILL the torchrun launcher and its workers (no final checkpoint of the 2.3 GiB table). torchrun starts
+    each worker in a session of its own, so the launcher's process group alone would leave the worker running."""
+    if proc.poll() is None:
+        for pid in _descendants(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def run_variant(args, data: Path, name: str, words: list[str]) -> dict:
     run = Path(args.work) / f"run-{name}"
     if run.exists():
@@ -143,9 +176,7 @@ def run_variant(args, data: Path, name: str, words: list[str]) -> dict:
                 break
             time.sleep(0.5)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own process group (torchrun + worker): no final checkpoint
-        proc.wait()
+        stop_run(proc)
         log.close()
     peak_gib = memory.stop()
     train_rows = [r for r in rows if "train/lm_loss" in r][: args.steps]
