@@ -50,6 +50,8 @@ REFERENCE_LOSS = "losses@ACTLossHead"
 LOSS_TYPES = ("stablemax_cross_entropy", "softmax_cross_entropy")
 REINIT_STRATEGIES = ("mean", "normal")
 LOAD_WEIGHTS = ("auto", "ema", "raw")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
 def arch_alias(name: str) -> str:
@@ -197,6 +199,13 @@ class TrainConfig:
     wandb: str = "auto"  # auto (when installed; offline without WANDB_API_KEY) | on | off
     progress: bool = True  # tqdm bar on rank 0
     resume: bool = True  # continue from the newest complete checkpoint in checkpoint_path
+    # speed levers (docs/training.md "Speed levers"); the defaults are the plain behaviour
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    sdpa_backend: str = "auto"  # attention kernel: auto | flash | cudnn | efficient | math (CPU: flash and math only)
+    tf32: bool = False  # TF32 for float32 matrix products on CUDA (no effect on CPU or on bf16 products)
+    log_interval: int = 1  # read the train metrics from the device every N steps (every step is still logged)
+    prefetch_batches: int = 0  # batches read ahead by a thread (CUDA: pinned, copied on a side stream); 0: off
+    log_data_wait: bool = False  # log train/data_wait_s: seconds each step waited for its batch
 
     def __post_init__(self):
         if isinstance(self.arch, dict):
@@ -243,6 +252,14 @@ class TrainConfig:
             raise ValueError(f"wandb must be auto, on or off, got {self.wandb!r}")
         if not self.data_paths:
             raise ValueError("data_paths is empty: give at least one dataset folder, e.g. data_paths=[data/arc2]")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend must be one of {SDPA_BACKENDS}, got {self.sdpa_backend!r}")
+        if self.log_interval < 1:
+            raise ValueError(f"log_interval must be >= 1, got {self.log_interval}")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         unknown = [e for e in self.evaluators if e != "arc"]
         if unknown:
             raise ValueError(f"evaluators: unknown {unknown}; known: ['arc'] (or [] for none)")

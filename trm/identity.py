@@ -25,6 +25,7 @@ RUN_CONTROL = frozenset({
     "compile", "wandb", "progress", "keep_last", "checkpoint_every_eval", "checkpoint_every_n_steps",
     "checkpoint_every_minutes", "eval_interval", "min_eval_interval", "evaluators", "eval_save_outputs",
     "eval_max_augmentations", "data_paths_test", "micro_batch_size",
+    "compile_mode", "sdpa_backend", "tf32", "log_interval", "prefetch_batches", "log_data_wait",
 })
 # check-params' parameters that decide the dataset (the build component adds dataset_seed and translation)
 DATASET_PARAMS = ("input_prefix", "subsets", "test_set_names", "train_only_subsets", "num_aug")

@@ -152,6 +152,41 @@ def _split(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.T
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
 
 
+@dataclasses.dataclass
+class StepMetrics:
+    """A launched step's train metrics, not yet read from the device (Trainer.launch_step / read_metrics)."""
+
+    step: int
+    time: float  # unix time when the step was launched (its metrics.jsonl "time")
+    keys: list[str]
+    values: torch.Tensor  # float64 sums over the global batch, in `keys` order, on the device
+    lr: float
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)  # host values, e.g. train/data_wait_s
+
+
+def apply_tf32(enabled: bool, device: torch.device) -> bool:
+    """The `tf32` key: TF32 tensor cores for float32 matrix products on CUDA (process-wide). On CPU nothing
+    changes (the CPU float32 products keep full precision); returns whether it was applied."""
+    if not enabled or device.type != "cuda":
+        return False
+    torch.set_float32_matmul_precision("high")  # the setting torch.compile's Inductor reads too
+    return True
+
+
+LEVERS = ("compile_mode", "sdpa_backend", "tf32", "log_interval", "prefetch_batches", "log_data_wait")
+
+
+def levers_set(cfg: TrainConfig) -> list[str]:
+    """`key=value` for each speed-lever key that differs from its default (for the start-up line)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return [f"{k}={getattr(cfg, k)}" for k in LEVERS if getattr(cfg, k) != defaults[k]]
+
+
+def compile_model(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """torch.compile with the `compile_mode` key's mode (default, reduce-overhead = CUDA graphs, max-autotune...)."""
+    return torch.compile(model) if mode == "default" else torch.compile(model, mode=mode)
+
+
 class MetricLog:
     """metrics.jsonl in the run folder (rank 0), plus W&B when configured."""
 
@@ -180,10 +215,12 @@ class MetricLog:
                 continue  # a line cut by a kill
         atomic_write(self.path, "".join(line + "\n" for line in kept))
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, float], at: float | None = None) -> None:
+        """One line; `at`: its unix time (default now)."""
         if not self.enabled:
             return
-        record = {"step": step, "time": round(time.time(), 3), **{k: float(v) for k, v in metrics.items()}}
+        when = time.time() if at is None else at
+        record = {"step": step, "time": round(when, 3), **{k: float(v) for k, v in metrics.items()}}
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
         if self.wandb is not None:
@@ -282,9 +319,15 @@ class Trainer:
             with torch.no_grad():
                 for t in list(model.parameters()) + list(model.buffers()):
                     dist.broadcast(t, src=0)
+        # speed levers (off by default): TF32 for float32 products (CUDA), one SDPA kernel, a torch.compile mode
+        apply_tf32(cfg.tf32, env.device)
+        if cfg.sdpa_backend != "auto":
+            from trm.model.layers import set_attention_backend
+
+            set_attention_backend(model, cfg.sdpa_backend)
         # compiled by default on CUDA (as the reference's trainer does); on CPU it gave no gain (docs/model.md)
         use_compile = cfg.compile if cfg.compile is not None else env.device.type == "cuda"
-        self.forward = torch.compile(model) if use_compile else model
+        self.forward = compile_model(model, cfg.compile_mode) if use_compile else model
         self.compiled = use_compile
         torch.manual_seed(cfg.seed + env.rank)
 
@@ -464,6 +507,13 @@ class Trainer:
         self.warm_start_summary = summary
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One optimiser step; rank 0 gets its train/* metrics (read from the device now), other ranks None."""
+        record = self.launch_step(batch)
+        return None if record is None else self.read_metrics([record])[0]
+
+    def launch_step(self, batch: dict[str, torch.Tensor]) -> "StepMetrics | None":
+        """One optimiser step, without waiting for the device: rank 0 gets the step's metric sums still on the
+        device (read them with read_metrics, several steps at once), other ranks None."""
         self.step += 1
         frozen = self.freeze_until is not None and self.step <= self.freeze_until
         if self.freeze_until is not None and self.step == self.freeze_until + 1 and self.env.main:
@@ -512,10 +562,23 @@ class Trainer:
             dist.reduce(values, dst=0)
         if not self.env.main:
             return None
-        reduced = dict(zip(keys, values.cpu().tolist()))
-        count = max(reduced.get("count", 0.0), 1.0)
-        out = {f"train/{k}": v / (self.cfg.global_batch_size if k.endswith("loss") else count) for k, v in reduced.items()}
-        out["train/lr"] = lr
+        return StepMetrics(step=self.step, time=time.time(), keys=keys, values=values, lr=lr)
+
+    def read_metrics(self, records: list["StepMetrics"]) -> list[dict[str, float]]:
+        """The train/* dicts of launched steps, with one device-to-host copy for all of them."""
+        if not records:
+            return []
+        flat = torch.cat([r.values for r in records]).cpu().tolist()
+        out, at = [], 0
+        for r in records:
+            reduced = dict(zip(r.keys, flat[at : at + len(r.keys)]))
+            at += len(r.keys)
+            count = max(reduced.get("count", 0.0), 1.0)
+            metrics = {f"train/{k}": v / (self.cfg.global_batch_size if k.endswith("loss") else count)
+                       for k, v in reduced.items()}
+            metrics["train/lr"] = r.lr
+            metrics.update(r.extra)
+            out.append(metrics)
         return out
 
     # -- evaluation -----------------------------------------------------------------------------------------
@@ -663,11 +726,13 @@ class Trainer:
             where = f"resumed from step {resumed}" if resumed is not None else "from scratch"
             print(f"[trm.train] {where}: {n_params} parameters, {self.total_steps} steps, world {env.world_size}, "
                   f"device {env.device}, {self.accum} micro-batch(es) of {self.micro} per rank"
-                  f"{', torch.compile' if self.compiled else ''}", file=sys.stderr)
+                  f"{', torch.compile' if self.compiled else ''}{''.join(f', {x}' for x in levers_set(cfg))}",
+                  file=sys.stderr)
         model_training = self.model.train
         model_training()
         start = self.position
         preemption = self.preemption = Preemption()
+        prefetcher = None
         self.preempted = False
         self.saved_at = time.monotonic()
         if not hasattr(self, "saved_step"):
@@ -678,30 +743,48 @@ class Trainer:
                 if self._run_evaluation(log, bar):
                     self.push(self.step)
                     self.save(evaluated=True)
-            for position, batch in self.train_loader.iterate(start=start) if start is not None else self.train_loader.iterate():
+            batches = self.train_loader.iterate(start=start) if start is not None else self.train_loader.iterate()
+            if cfg.prefetch_batches:
+                from trm.data.loader import Prefetcher
+
+                batches = prefetcher = Prefetcher(batches, cfg.prefetch_batches, env.device)
+            pending: list[StepMetrics] = []  # launched steps whose metrics are still on the device
+            while True:
+                waited = time.perf_counter()
+                try:
+                    position, batch = next(batches)
+                except StopIteration:
+                    break
+                waited = time.perf_counter() - waited
                 if self.step >= self.total_steps or (self.position is not None and self.position.epoch >= cfg.epochs):
                     break
                 batch_epoch = self.position.epoch if self.position is not None else 0
-                metrics = self.train_step(batch)
+                record = self.launch_step(batch)
                 self.position = position
-                if env.main and metrics is not None:
-                    log.log(self.step, metrics)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{metrics.get('train/lm_loss', 0):.4f}",
-                                        acc=f"{metrics.get('train/accuracy', 0):.3f}")
+                if record is not None:
+                    if cfg.log_data_wait:
+                        record.extra["train/data_wait_s"] = waited
+                    pending.append(record)
                 finished_epoch = position.epoch > batch_epoch
                 done = self.step >= self.total_steps or position.epoch >= cfg.epochs
+                eval_now = self._eval_due(position.epoch, finished_epoch) or (
+                    done and self.evaluated_through_epoch < position.epoch)
+                # log_interval: the metrics of the last steps are read from the device together (one wait), and
+                # the ranks agree on SIGTERM / timed checkpoints at these boundaries only
+                boundary = done or eval_now or self.step % cfg.log_interval == 0
+                if boundary:
+                    self._write_lines(log, bar, pending)
                 evaluated = False
-                if self._eval_due(position.epoch, finished_epoch) or (done and self.evaluated_through_epoch < position.epoch):
+                if eval_now:
                     evaluated = self._run_evaluation(log, bar)
                     if not evaluated:  # cut short by SIGTERM: checkpoint this step; the resumed run evaluates it
                         done = False
-                stop, due = self._agree(preemption.requested, self._time_checkpoint_due())
+                stop, due = self._agree(preemption.requested, self._time_checkpoint_due()) if boundary else (False, False)
                 if done or stop or due or (evaluated and cfg.checkpoint_every_eval) or (
                     cfg.checkpoint_every_n_steps and self.step % cfg.checkpoint_every_n_steps == 0):
                     # metrics.jsonl (and the evaluation) go up before the checkpoint: a kill in between leaves
                     # lines beyond the newest checkpoint (dropped on resume), never a checkpoint without its lines
+                    self._write_lines(log, bar, pending)
                     self.push(self.step if evaluated else None)
                     if self.saved_step != self.step or evaluated:
                         self.save(evaluated=evaluated)
@@ -716,11 +799,25 @@ class Trainer:
                     break
                 if done:
                     break
+            self._write_lines(log, bar, pending)
         finally:
             preemption.close()
+            if prefetcher is not None:
+                prefetcher.close()
             if bar is not None:
                 bar.close()
             log.close()
+
+    def _write_lines(self, log: "MetricLog", bar, pending: list[StepMetrics]) -> None:
+        """Read the pending steps' metrics from the device (one copy) and log a line per step; empties `pending`."""
+        if not pending:
+            return
+        for record, metrics in zip(pending, self.read_metrics(pending)):
+            log.log(record.step, metrics, at=record.time)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics.get('train/lm_loss', 0):.4f}", acc=f"{metrics.get('train/accuracy', 0):.3f}")
+        pending.clear()
 
     def _run_evaluation(self, log: "MetricLog", bar) -> bool:
         """Evaluate at this step and log the metrics; False (nothing recorded) when a SIGTERM cut it short."""

@@ -7,6 +7,7 @@
         batch["inputs"], batch["labels"], batch["puzzle_identifiers"]  # int32 [192, 900], [192, 900], [192]
     state = train.state_dict(); position = TrainLoader.position_from_state(state)     # exact resume
     for set_name, batch, n_valid in TestLoader(["data/arc2"], 768, rank=0, world_size=4): ...
+    for position, batch in Prefetcher(train.iterate(), depth=2, device="cuda"): ...   # read ahead (trainer: prefetch_batches)
 
 Train epoch e (its draws depend only on seed and e): every group once in random order; from each group one random
 variant (puzzle); that puzzle's examples, at most max_examples_per_puzzle of them, in random order. As the
@@ -503,6 +504,97 @@ class TrainLoader:
         if epoch < 0 or step < 0:
             raise ValueError(f"loader state has a negative position: {state!r}")
         return Position(epoch, step)
+
+
+class Prefetcher:
+    """Batches read ahead of the training loop by a thread; on CUDA pinned and copied to the device on a side
+    stream, so the copy overlaps the step before.
+
+        batches = Prefetcher(loader.iterate(start), depth=2, device=torch.device("cuda", 0))
+        for position, batch in batches: ...     # CUDA: batch tensors are on the device, ready on the current stream
+        batches.close()                          # stops the thread (also when the loop ended early)
+
+    The items are the iterator's, in its order, unchanged (on CPU the same tensors; on CUDA the same values on the
+    device), so a run gives the same results with or without it. The wrapped loader runs up to `depth` batches
+    ahead: its own `position` then runs ahead of the consumer (the trainer keeps the position of each item).
+    An exception in the thread is raised in the consumer at the item where it happened.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator[tuple], depth: int, device: torch.device | str = "cpu"):
+        import queue
+        import threading
+
+        if depth < 1:
+            raise ValueError(f"Prefetcher: depth must be >= 1, got {depth}")
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(self.device) if self._cuda else None
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._full = queue.Full
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._fill, args=(items,), name="trm-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fill(self, items: Iterator[tuple]) -> None:
+        try:
+            for position, batch in items:
+                if self._stop.is_set():
+                    return
+                if not self._put((position, *self._to_device(batch))):
+                    return
+            self._put(self._END)
+        except Exception as err:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(err)
+
+    def _to_device(self, batch: dict) -> tuple[dict, object]:
+        """(batch, event): on CUDA the tensors are pinned and copied on the side stream; the event marks the end
+        of the copy. On other devices the batch is passed through unchanged."""
+        if not self._cuda:
+            return batch, None
+        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+            moved = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        return moved, event
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except self._full:
+                continue
+        return False
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> tuple:
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, Exception):
+            self._done = True
+            raise item
+        position, batch, event = item
+        if event is not None:  # the step's stream waits for the copy; the tensors are used on that stream
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            for tensor in batch.values():
+                tensor.record_stream(current)
+        return position, batch
+
+    def close(self) -> None:
+        """Stop the thread (it ends at its next item); idempotent."""
+        self._stop.set()
+        self._done = True
+        self._thread.join(timeout=10)
 
 
 class TestLoader:

@@ -2,7 +2,8 @@
 
 Parameters are stored in float32 and cast to the activation dtype at use, so one set of weights serves
 float32, bfloat16 and float16 forwards. Attention runs flash-attn when it is importable and the tensors are
-CUDA bf16/fp16, else `torch.nn.functional.scaled_dot_product_attention` (CPU and everything else).
+CUDA bf16/fp16, else `torch.nn.functional.scaled_dot_product_attention` (CPU and everything else);
+`set_attention_backend(model, "cudnn")` pins SDPA to one kernel instead (flash, cudnn, efficient, math).
 """
 
 from __future__ import annotations
@@ -22,11 +23,40 @@ except ImportError:
         _flash_attn = None
 
 FLASH_DTYPES = (torch.bfloat16, torch.float16)
+# `sdpa_backend` names -> torch.nn.attention.SDPBackend members; "auto" lets SDPA choose (flash-attn first when
+# installed). CPU has only the flash and math kernels: there the other names fall back to "auto".
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}
+CPU_SDPA_BACKENDS = ("flash", "math")
 
 
 def flash_available(x: torch.Tensor) -> bool:
     """True when flash-attn is installed and `x` is a CUDA bf16/fp16 tensor."""
     return _flash_attn is not None and x.is_cuda and x.dtype in FLASH_DTYPES
+
+
+def set_attention_backend(model: nn.Module, name: str) -> int:
+    """Route every Attention module of `model` through one SDPA kernel (`name`: "auto" or a key of
+    SDPA_BACKENDS); returns how many modules were set. The choice is a module attribute, so torch.compile
+    traces it into the graph (and guards on it)."""
+    if name != "auto" and name not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa backend must be auto or one of {sorted(SDPA_BACKENDS)}, got {name!r}")
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.sdpa_backend = name
+            count += 1
+    return count
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """scaled_dot_product_attention, restricted to `backend` where the device has that kernel."""
+    if backend == "auto" or (not q.is_cuda and backend not in CPU_SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend])):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 @torch.no_grad()
@@ -175,6 +205,7 @@ class Attention(nn.Module):
         self.o_proj = Linear(hidden_size, hidden_size)
         self.register_buffer("qkv_order", pair_order(num_heads, self.head_dim) if rope else None, persistent=False)
         self._ordered: tuple[tuple, torch.Tensor] | None = None  # no-grad cache of the reordered weight
+        self.sdpa_backend = "auto"  # set_attention_backend
 
     def qkv_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """qkv_proj.weight in RoPE pair order and `dtype`; cached while the weight is unchanged and no
@@ -204,12 +235,12 @@ class Attention(nn.Module):
             qk = apply_rope(qk, *rope)  # contiguous [B, 2H, S, Dh]
         q, k = qk.split(h, dim=1)
         v = v.contiguous()
-        if flash_available(q):
+        if self.sdpa_backend == "auto" and flash_available(q):
             out = _flash_attn(*(t.transpose(1, 2).contiguous() for t in (q, k, v)), causal=False)
             if isinstance(out, tuple):  # some flash-attn versions also return the log-sum-exp
                 out = out[0]
         else:
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            out = _sdpa(q, k, v, self.sdpa_backend).transpose(1, 2)
         return self.o_proj(out.reshape(b, s, h * self.head_dim))
 
 
