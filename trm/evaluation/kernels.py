@@ -2,7 +2,7 @@
 
     tasks, tids, mappings = parse_names(["007bbfb7", "007bbfb7|||t3|||0712459368"])
     h, w = crop_sizes(tokens)                       # [n, 900] raw tokens -> crop heights and widths
-    fields = recolour(tokens, h, w, luts)           # the crops, colours looked up per row, as canvases
+    fields = recolour(tokens, luts, h, w)           # the crops, colours looked up per row, as canvases
     canvases, h, w = undo_dihedral(fields, h, w, tids)  # transform `tid` undone, grids back at the top-left
     key1, key2 = grid_hashes(canvases)              # two 64-bit hashes per canvas
 
@@ -28,8 +28,7 @@ _OUTSIDE = np.full(((GRID + 1) ** 2, PADDED), 255, dtype=np.uint8)
 _OUTSIDE[:, :SEQ_LEN] = np.where((_ROWS[None, None, :, None] < np.arange(GRID + 1)[:, None, None, None])
                                  & (_ROWS[None, None, None, :] < np.arange(GRID + 1)[None, :, None, None]),
                                  0, 255).reshape(-1, SEQ_LEN)
-_GROUP = 25  # rows sharing one 256-byte colour table in recolour()
-_CODE_SHIFT = ((10 * np.arange(_GROUP) - 2) % 256).astype(np.uint8)
+_GROUP = 21  # rows sharing one 256-byte colour table in recolour(): 12 codes a row
 
 
 def parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -85,21 +84,24 @@ def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(w > 0, best + 1, 0), w
 
 
-def recolour(tokens: np.ndarray, h: np.ndarray, w: np.ndarray, luts: np.ndarray) -> np.ndarray:
-    """[n, 900] uint8 tokens and their crop sizes -> canvases [n, PADDED] of the crops, where row i's colour c
-    becomes luts[i, c] (luts: [n, 10] uint8, 1..10), in the tokens' own frame.
+def recolour(tokens: np.ndarray, luts: np.ndarray, h: np.ndarray | None = None, w: np.ndarray | None = None):
+    """[n, 900] uint8 tokens (0..11 unless h, w are given) -> canvases [n, PADDED] in the tokens' own frame, where
+    row i's colour c becomes luts[i, c] (luts: [n, 10] uint8, 1..10) and PAD/EOS 0; given crop sizes h, w, only
+    the crops (every cell outside them 0).
 
-    Through bytes.translate, one 256-byte table per group of _GROUP rows: row k of a group codes colour c as
-    10k + c (uint8 arithmetic wraps: tokens 2..11 become 10k..10k+9) and every cell outside its crop as 255;
-    the group's table maps 10k + c to luts[k, c] and 255 to 0.
+    Through bytes.translate, one 256-byte table per group of _GROUP rows: row k of a group codes token t as
+    12k + t and every cell outside its crop as 255; the group's table maps 12k + 2 + c to luts[k, c], the rest to 0.
     """
     n = len(tokens)
     groups = -(-n // _GROUP)
     codes = np.full((groups * _GROUP, PADDED), 255, dtype=np.uint8)
-    np.add(tokens, _CODE_SHIFT[np.arange(n) % _GROUP, None], out=codes[:n, :SEQ_LEN])
-    codes[:n] |= _OUTSIDE[h * (GRID + 1) + w]
+    np.add(tokens, (np.arange(n) % _GROUP * 12).astype(np.uint8)[:, None], out=codes[:n, :SEQ_LEN])
+    if h is not None:
+        codes[:n] |= _OUTSIDE[h * (GRID + 1) + w]
+    table = np.zeros((groups * _GROUP, 12), dtype=np.uint8)
+    table[:n, 2:] = luts
     tables = np.zeros((groups, 256), dtype=np.uint8)
-    tables[:, :10 * _GROUP] = np.concatenate([luts, np.zeros((groups * _GROUP - n, 10), np.uint8)]).reshape(groups, -1)
+    tables[:, :12 * _GROUP] = table.reshape(groups, -1)
     data, tabs, step = codes.tobytes(), tables.tobytes(), _GROUP * PADDED
     out = bytearray(len(data))
     for g in range(groups):
