@@ -109,12 +109,10 @@ def recolour(tokens: np.ndarray, luts: np.ndarray, h: np.ndarray | None = None, 
     return np.frombuffer(out, dtype=np.uint8).reshape(-1, PADDED)[:n]
 
 
-def _corner(tid: int, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Flat index of the cell where an h x w grid at the top-left of the field starts once dihedral(tid) has
-    transformed the whole field."""
-    rows, cols = {0: (0, 0), 1: (GRID - w, 0), 2: (GRID - h, GRID - w), 3: (0, GRID - h), 4: (0, GRID - w),
-                  5: (GRID - h, 0), 6: (0, 0), 7: (GRID - w, GRID - h)}[tid]
-    return np.where(h > 0, rows * GRID + cols, 0)  # an empty crop stays put
+# per transform: where the inverse transform puts an h x w grid from the top-left of the field, as the indices
+# (0: 0, 1: 30 - h, 2: 30 - w) of its first row and column; and the transforms that exchange height and width
+_CORNER = np.array([(0, 0), (0, 1), (1, 2), (2, 0), (0, 2), (1, 0), (0, 0), (2, 1)])
+_SWAPS = np.array([False, True, False, True, False, False, True, True])
 
 
 def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.ndarray):
@@ -130,19 +128,18 @@ def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.n
         return canvases, h, w
     order = np.argsort(tids, kind="stable")
     spread = np.zeros((n, 2 * SEQ_LEN + 4), dtype=np.uint8)  # sorted by transform: field, then zeros
-    corner = np.zeros(n, dtype=np.int64)
     fields = canvases[:, :SEQ_LEN].reshape(n, GRID, GRID)
     sorted_tids = tids[order]
     edges = np.flatnonzero(np.r_[True, sorted_tids[1:] != sorted_tids[:-1], True])
     for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
-        inverse, rows = DIHEDRAL_INVERSE[int(sorted_tids[lo])], order[lo:hi]
-        spread[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(fields[rows], inverse)
-        corner[lo:hi] = _corner(inverse, h[rows], w[rows])
+        inverse = DIHEDRAL_INVERSE[int(sorted_tids[lo])]
+        spread[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(fields[order[lo:hi]], inverse)
     at = np.empty(n, dtype=np.int64)
     at[order] = np.arange(n)  # row i is row at[i] of `spread`
-    out = sliding_window_view(spread, PADDED, axis=1)[at, corner[at]]  # [n, PADDED]
-    swap = np.isin(tids, (1, 3, 6, 7))  # transforms that exchange height and width
-    return out, np.where(swap, w, h), np.where(swap, h, w)
+    free, (rows, cols) = np.stack([np.zeros_like(h), GRID - h, GRID - w]), _CORNER[tids].T
+    corner = np.where(h > 0, free[rows, np.arange(n)] * GRID + free[cols, np.arange(n)], 0)  # empty: stays put
+    swap = _SWAPS[tids]
+    return sliding_window_view(spread, PADDED, axis=1)[at, corner], np.where(swap, w, h), np.where(swap, h, w)
 
 
 def canvas_of(grid: np.ndarray) -> np.ndarray:

@@ -163,8 +163,9 @@ class Voter:
         self._learn(ids[ids != 0])
 
     def _learn(self, ids: np.ndarray) -> None:
-        new = np.flatnonzero(np.bincount(ids[~self._id_seen[ids]], minlength=self._id_seen.size))
+        new = ids[~self._id_seen[ids]]
         if new.size:
+            new = np.flatnonzero(np.bincount(new, minlength=self._id_seen.size))
             names, tids, mappings = parse_names([self.identifiers[i] for i in new.tolist()])
             self._id_seen[new] = True
             self._id_task[new] = np.fromiter((self._task_index.get(x, -1) for x in names), np.int64, new.size)
