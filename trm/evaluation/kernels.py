@@ -94,18 +94,17 @@ def recolour(tokens: np.ndarray, luts: np.ndarray, h: np.ndarray | None = None, 
     """
     n = len(tokens)
     groups = -(-n // _GROUP)
-    codes = np.full((groups * _GROUP, PADDED), 255, dtype=np.uint8)
+    codes = np.empty((groups * _GROUP, PADDED), dtype=np.uint8)
     np.add(tokens, (np.arange(n) % _GROUP * 12).astype(np.uint8)[:, None], out=codes[:n, :SEQ_LEN])
+    codes[:n, SEQ_LEN:], codes[n:] = 255, 255
     if h is not None:
         codes[:n] |= _OUTSIDE[h * (GRID + 1) + w]
     table = np.zeros((groups * _GROUP, 12), dtype=np.uint8)
     table[:n, 2:] = luts
     tables = np.zeros((groups, 256), dtype=np.uint8)
     tables[:, :12 * _GROUP] = table.reshape(groups, -1)
-    data, tabs, step = codes.tobytes(), tables.tobytes(), _GROUP * PADDED
-    out = bytearray(len(data))
-    for g in range(groups):
-        out[g * step:(g + 1) * step] = data[g * step:(g + 1) * step].translate(tabs[g * 256:(g + 1) * 256])
+    data, tabs, step = memoryview(codes.reshape(-1)), tables.tobytes(), _GROUP * PADDED
+    out = b"".join([bytes(data[g * step:(g + 1) * step]).translate(tabs[g * 256:(g + 1) * 256]) for g in range(groups)])
     return np.frombuffer(out, dtype=np.uint8).reshape(-1, PADDED)[:n]
 
 
