@@ -128,11 +128,10 @@ def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.n
     order = np.argsort(tids, kind="stable")
     spread = np.zeros((n, 2 * SEQ_LEN + 4), dtype=np.uint8)  # sorted by transform: field, then zeros
     fields = canvases[:, :SEQ_LEN].reshape(n, GRID, GRID)
-    sorted_tids = tids[order]
-    edges = np.flatnonzero(np.r_[True, sorted_tids[1:] != sorted_tids[:-1], True])
-    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
-        inverse = DIHEDRAL_INVERSE[int(sorted_tids[lo])]
-        spread[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(fields[order[lo:hi]], inverse)
+    bounds = np.searchsorted(tids[order], np.arange(9)).tolist()  # transform t: rows order[bounds[t]:bounds[t + 1]]
+    for t, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if hi > lo:
+            spread[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(fields[order[lo:hi]], DIHEDRAL_INVERSE[t])
     at = np.empty(n, dtype=np.int64)
     at[order] = np.arange(n)  # row i is row at[i] of `spread`
     free, (rows, cols) = np.stack([np.zeros_like(h), GRID - h, GRID - w]), _CORNER[tids].T

@@ -131,6 +131,7 @@ class Voter:
             same = [x for x in self.task_slots[self.slot_task[s]] if (self._shown[8 * x] == self._shown[8 * s]).all()]
             if len(same) > 1:
                 self._identical[s] = same
+        self._twins = np.isin(np.arange(n + 1), list(self._identical))  # [slot], and False at -1
         self._occurrence: dict[tuple[int, int], int] = {}  # (identifier, first identical slot) -> rows seen
         # per identifier, filled when first seen: task (-1: not a test task), transform, colour table
         # (variant colour -> original colour + 1)
@@ -231,7 +232,7 @@ class Voter:
         if miss.size:
             h, w = crop_sizes(inputs[miss])
             slots[miss] = self._match(task[miss], tid[miss], recolour(inputs[miss], luts[miss], h, w))
-        for r in np.flatnonzero(np.isin(slots, list(self._identical))).tolist():
+        for r in np.flatnonzero(self._twins[slots]).tolist():
             same = self._identical[int(slots[r])]
             chosen = [s for s in same if positions is not None and self.slot_test[s] == int(positions[r])]
             if not chosen:  # by feeding order: the k-th such row of this identifier goes to the (k mod m)-th
