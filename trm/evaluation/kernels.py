@@ -53,20 +53,12 @@ def parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def dihedral(stack: np.ndarray, tid: int) -> np.ndarray:
-    """Dihedral transform `tid` (ids as in trm.data.augment) of every grid of a [n, h, w] stack, as a view."""
-    if tid == 0:
-        return stack
-    if tid in (1, 2, 3):
-        return np.rot90(stack, k=tid, axes=(1, 2))
-    if tid == 4:
-        return stack[:, :, ::-1]
-    if tid == 5:
-        return stack[:, ::-1, :]
-    if tid == 6:
-        return stack.transpose(0, 2, 1)
-    if tid == 7:
-        return np.rot90(stack, k=1, axes=(1, 2))[:, :, ::-1]
-    raise ValueError(f"dihedral transform id {tid} not in 0..7")
+    """Dihedral transform `tid` (ids as in trm.data.augment) of every grid of a [n, h, w] stack, as a view: k
+    quarter turns counterclockwise, then for tids 4..7 a left-right flip."""
+    if not 0 <= tid < 8:
+        raise ValueError(f"dihedral transform id {tid} not in 0..7")
+    turned = np.rot90(stack, k=(0, 1, 2, 3, 0, 2, 3, 1)[tid], axes=(1, 2))
+    return turned[:, :, ::-1] if tid >= 4 else turned
 
 
 def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +91,9 @@ def recolour(tokens: np.ndarray, luts: np.ndarray, h: np.ndarray | None = None, 
     codes[:n, SEQ_LEN:], codes[n:] = 255, 255
     if h is not None:
         codes[:n] |= _OUTSIDE[h * (GRID + 1) + w]
-    table = np.zeros((groups * _GROUP, 12), dtype=np.uint8)
-    table[:n, 2:] = luts
     tables = np.zeros((groups, 256), dtype=np.uint8)
-    tables[:, :12 * _GROUP] = table.reshape(groups, -1)
+    tables[:, :12 * _GROUP].reshape(groups, _GROUP, 12)[:, :, 2:] = \
+        np.pad(luts, ((0, groups * _GROUP - n), (0, 0))).reshape(groups, _GROUP, 10)
     data, tabs, step = memoryview(codes.reshape(-1)), tables.tobytes(), _GROUP * PADDED
     out = b"".join([bytes(data[g * step:(g + 1) * step]).translate(tabs[g * 256:(g + 1) * 256]) for g in range(groups)])
     return np.frombuffer(out, dtype=np.uint8).reshape(-1, PADDED)[:n]
@@ -123,8 +114,6 @@ def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.n
     index of that corner moves the grid back to the top-left.
     """
     n = len(canvases)
-    if not n:
-        return canvases, h, w
     order = np.argsort(tids, kind="stable")
     spread = np.zeros((n, 2 * SEQ_LEN + 4), dtype=np.uint8)  # sorted by transform: field, then zeros
     fields = canvases[:, :SEQ_LEN].reshape(n, GRID, GRID)
