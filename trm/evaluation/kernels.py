@@ -13,7 +13,7 @@ colour + 1 inside and 0 outside, flattened and padded with zeros to PADDED bytes
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from trm.data.augment import parse_variant_name
 
@@ -126,7 +126,8 @@ def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.n
     free, (rows, cols) = np.stack([np.zeros_like(h), GRID - h, GRID - w]), _CORNER[tids].T
     corner = np.where(h > 0, free[rows, np.arange(n)] * GRID + free[cols, np.arange(n)], 0)  # empty: stays put
     swap = _SWAPS[tids]
-    return sliding_window_view(spread, PADDED, axis=1)[at, corner], np.where(swap, w, h), np.where(swap, h, w)
+    windows = as_strided(spread, (n, SEQ_LEN + 1, PADDED), (spread.strides[0], 1, 1), writeable=False)  # [i, s, :]:
+    return windows[at, corner], np.where(swap, w, h), np.where(swap, h, w)  # spread[i, s:s + PADDED]
 
 
 def canvas_of(grid: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -169,7 +170,7 @@ class Voter:
             new = np.flatnonzero(np.bincount(new, minlength=self._id_seen.size))
             names, tids, mappings = parse_names([self.identifiers[i] for i in new.tolist()])
             self._id_seen[new] = True
-            self._id_task[new] = np.fromiter((self._task_index.get(x, -1) for x in names), np.int64, new.size)
+            self._id_task[new] = np.fromiter(map(self._task_index.get, names, repeat(-1)), np.int64, new.size)
             self._id_tid[new] = tids
             self._id_lut[new] = np.argsort(mappings, axis=1) + 1
 
