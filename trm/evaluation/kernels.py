@@ -77,9 +77,9 @@ def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def recolour(tokens: np.ndarray, luts: np.ndarray, h: np.ndarray | None = None, w: np.ndarray | None = None):
-    """[n, 900] uint8 tokens (0..11 unless h, w are given) -> canvases [n, PADDED] in the tokens' own frame, where
-    row i's colour c becomes luts[i, c] (luts: [n, 10] uint8, 1..10) and PAD/EOS 0; given crop sizes h, w, only
-    the crops (every cell outside them 0).
+    """[n, 900] uint8 tokens -> canvases [n, PADDED] in the tokens' own frame, where row i's colour c becomes
+    luts[i, c] (luts: [n, 10] uint8, 1..10) and PAD/EOS 0; given crop sizes h, w, only the crops (every cell
+    outside them 0). Without h, w the tokens must be 0..11 (a larger one would read as another row's colour).
 
     Through bytes.translate, one 256-byte table per group of _GROUP rows: row k of a group codes token t as
     12k + t and every cell outside its crop as 255; the group's table maps 12k + 2 + c to luts[k, c], the rest to 0.
@@ -95,7 +95,8 @@ def recolour(tokens: np.ndarray, luts: np.ndarray, h: np.ndarray | None = None, 
     tables[:, :12 * _GROUP].reshape(groups, _GROUP, 12)[:, :, 2:] = \
         np.pad(luts, ((0, groups * _GROUP - n), (0, 0))).reshape(groups, _GROUP, 10)
     data, tabs, step = memoryview(codes.reshape(-1)), tables.tobytes(), _GROUP * PADDED
-    out = b"".join([bytes(data[g * step:(g + 1) * step]).translate(tabs[g * 256:(g + 1) * 256]) for g in range(groups)])
+    out = b"".join([bytes(data[g * step:(g + 1) * step]).translate(tabs[g * 256:(g + 1) * 256])
+                    for g in range(groups)])
     return np.frombuffer(out, dtype=np.uint8).reshape(-1, PADDED)[:n]
 
 
@@ -120,7 +121,8 @@ def undo_dihedral(canvases: np.ndarray, h: np.ndarray, w: np.ndarray, tids: np.n
     bounds = np.searchsorted(tids[order], np.arange(9)).tolist()  # transform t: rows order[bounds[t]:bounds[t + 1]]
     for t, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         if hi > lo:
-            spread[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = dihedral(fields[order[lo:hi]], DIHEDRAL_INVERSE[t])
+            inverse = dihedral(fields[order[lo:hi]], DIHEDRAL_INVERSE[t])
+            spread[lo:hi, :SEQ_LEN].reshape(hi - lo, GRID, GRID)[:] = inverse
     at = np.empty(n, dtype=np.int64)
     at[order] = np.arange(n)  # row i is row at[i] of `spread`
     free, (rows, cols) = np.stack([np.zeros_like(h), GRID - h, GRID - w]), _CORNER[tids].T

@@ -123,10 +123,8 @@ class Voter:
         self._first = np.array([slots[0] for slots in self.task_slots], dtype=np.int64)  # per task
         self._ntests = np.array([len(slots) for slots in self.task_slots], dtype=np.int64)
         self._known = np.array([g is not None for g in self.slot_truth] + [False], dtype=bool)
-        truths = [canvas_of(g) for g in self.slot_truth if g is not None]
-        self._truth = np.zeros((n + 1, 2), dtype=np.uint64)
-        if truths:
-            self._truth[np.flatnonzero(self._known)] = np.stack(grid_hashes(np.stack(truths)), axis=1)
+        truths = [canvas_of(np.zeros((0, 0), np.uint8) if g is None else g) for g in self.slot_truth + [None]]
+        self._truth = np.stack(grid_hashes(np.stack(truths)), axis=1)  # [slot, 2], unknown ones: never _known
         self._identical: dict[int, list[int]] = {}  # slot -> the slots of its task with the same input, if several
         for s in range(n):
             same = [x for x in self.task_slots[self.slot_task[s]] if (self._shown[8 * x] == self._shown[8 * s]).all()]
