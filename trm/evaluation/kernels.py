@@ -1,6 +1,6 @@
 """The voter's numpy kernels: variant names, crops, colours, dihedral transforms and grid hashes, many rows at once.
 
-    tasks, tids, mappings = parse_names(["007bbfb7", "007bbfb7|||t3|||0712459368"])
+    tasks, tids, luts = parse_names(["007bbfb7", "007bbfb7|||t3|||0712459368"])
     h, w = crop_sizes(tokens)                       # [n, 900] raw tokens -> crop heights and widths
     fields = recolour(tokens, luts, h, w)           # the crops, colours looked up per row, as canvases
     canvases, h, w = undo_dihedral(fields, h, w, tids)  # transform `tid` undone, grids back at the top-left
@@ -33,7 +33,8 @@ _GROUP = 21  # rows sharing one 256-byte colour table in recolour(): 12 codes a 
 
 def parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Variant names `<task>|||t<tid>|||<10 digits>` (or a plain task name) -> (task per name, tids [m] int8,
-    mappings [m, 10] uint8 with mapping[original colour] = variant colour); ValueError naming a bad name."""
+    luts [m, 10] uint8 with luts[variant colour] = original colour + 1, the digits giving the variant colour of
+    each original colour); ValueError naming a bad name."""
     tasks, tails = [], []
     for name in names:
         task, sep, tail = name.partition(SEPARATOR)
@@ -44,12 +45,14 @@ def parse_names(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     raw = np.frombuffer(joined.encode("ascii", "replace"), dtype=np.uint8).reshape(-1, 15)
     digits = raw[:, 5:] - np.uint8(ord("0"))
     ok &= (raw[:, 0] == ord("t")) & (raw[:, 1] >= ord("0")) & (raw[:, 1] <= ord("7")) & (raw[:, 2:5] == ord("|")).all(1)
-    ok &= (np.sort(digits, axis=1) == np.arange(10, dtype=np.uint8)).all(1)  # each digit once
+    luts = np.zeros(digits.shape, dtype=np.uint8)
+    luts[np.arange(len(names))[:, None], np.minimum(digits, 9)] = np.arange(1, 11, dtype=np.uint8)
+    ok &= (digits < 10).all(1) & (luts > 0).all(1)  # each digit once
     if not ok.all():
         bad = names[int(np.argmin(ok))]
         parse_variant_name(bad)  # raises with the data module's message
         raise ValueError(f"identifier {bad!r}: expected '<task>{SEPARATOR}t<0-7>{SEPARATOR}<10 digits>'")
-    return tasks, (raw[:, 1] - ord("0")).astype(np.int8), digits
+    return tasks, (raw[:, 1] - ord("0")).astype(np.int8), luts
 
 
 def dihedral(stack: np.ndarray, tid: int) -> np.ndarray:
@@ -69,10 +72,10 @@ def crop_sizes(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n = len(tokens)
     colour = (np.asarray(tokens, dtype=np.uint8).reshape(n, GRID, GRID) - np.uint8(2)) < 10
-    first = colour.argmin(axis=2)  # each row's first non-colour column (0 also when all 30 are colours)
-    widths = np.minimum.accumulate(np.where(colour[:, :, 0] & (first == 0), GRID, first), axis=1)  # rows 0..r
+    first = colour.argmin(axis=2).astype(np.int8)  # each row's first non-colour column (0 also when all 30 are)
+    widths = np.minimum.accumulate(np.where(colour[:, :, 0] & (first == 0), np.int8(GRID), first), axis=1)  # 0..r
     best = (widths * (_ROWS + 1)).argmax(axis=1)
-    w = widths[np.arange(n), best]
+    w = widths[np.arange(n), best].astype(np.int64)
     return np.where(w > 0, best + 1, 0), w
 
 

@@ -166,11 +166,9 @@ class Voter:
         new = ids[~self._id_seen[ids]]
         if new.size:
             new = np.flatnonzero(np.bincount(new, minlength=self._id_seen.size))
-            names, tids, mappings = parse_names([self.identifiers[i] for i in new.tolist()])
+            names, self._id_tid[new], self._id_lut[new] = parse_names([self.identifiers[i] for i in new.tolist()])
             self._id_seen[new] = True
             self._id_task[new] = np.fromiter(map(self._task_index.get, names, repeat(-1)), np.int64, new.size)
-            self._id_tid[new] = tids
-            self._id_lut[new] = np.argsort(mappings, axis=1) + 1
 
     def add(self, puzzle_identifiers, inputs, preds, q_halt_logits, positions=None, copy: bool = True) -> None:
         """Add one batch: identifiers [b], inputs/preds [b, 900] raw tokens, q_halt_logits [b].
