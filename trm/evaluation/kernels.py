@@ -60,7 +60,8 @@ def dihedral(stack: np.ndarray, tid: int) -> np.ndarray:
     quarter turns counterclockwise, then for tids 4..7 a left-right flip."""
     if not 0 <= tid < 8:
         raise ValueError(f"dihedral transform id {tid} not in 0..7")
-    turned = np.rot90(stack, k=(0, 1, 2, 3, 0, 2, 3, 1)[tid], axes=(1, 2))
+    k, swapped = (0, 1, 2, 3, 0, 2, 3, 1)[tid], stack.transpose(0, 2, 1)  # np.rot90's views, without its checks
+    turned = (stack, swapped[:, ::-1], stack[:, ::-1, ::-1], swapped[:, :, ::-1])[k]
     return turned[:, :, ::-1] if tid >= 4 else turned
 
 
