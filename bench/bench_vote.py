@@ -11,8 +11,8 @@ augmented truth, a few-cell corruption of it, or an unrelated grid, so that vote
 Each round times our voter (Voter + prepare + add per batch of `--batch` + result) and, with `--reference-dir`
 (a checkout of the reference code), the reference's own evaluator (evaluators/arc.py: update_batch per batch,
 then result) on the same predictions: one run each by default, as an evaluation runs once; `--repeats N` keeps
-the best of N runs for both (the reference's evaluator runs about a third faster from its second run in the
-same process; ours runs at the same speed). The reference runs in a subprocess of `--reference-python` (an
+the best of N runs for both (the reference's evaluator runs about 1.5x as fast from its second run in the
+same process as in its first; ours runs at the same speed). The reference runs in a subprocess of `--reference-python` (an
 interpreter with torch, numba, pydantic and argdantic, e.g. a throwaway venv; none is a project dependency)
 through bench/reference_vote.py. Printed: predictions/s by wall clock and by CPU time, the ratio ours /
 reference, and the load average; on a shared machine the same-round ratio by CPU time is the steadiest number

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -81,11 +82,6 @@ def _tokens(arr: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _lookup_key(group: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """One 64-bit number per (task * 8 + transform, grid hash): test inputs are found by binary search."""
-    return key + group.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
-
-
 class Voter:
     """Collects predictions of the test split and votes per (task, test input), by the rules of the module
     docstring. add() keeps no reference to the arrays it is given."""
@@ -120,23 +116,21 @@ class Voter:
                 self.slot_input.append(_grid(pair["input"], f"test_puzzles: task {name} test {j} input"))
                 self.slot_truth.append(None if out is None else _grid(out, f"test_puzzles: task {name} test {j} output"))
         n = len(self.slot_task)
-        # rule 3: each test input as each transform shows it (original colours), hashed and sorted by
-        # (task * 8 + transform, hash) for lookups; rule 7: the known truths, hashed
-        shown = [canvas_of(np.ascontiguousarray(dihedral(x[None], tid)[0])) for x in self.slot_input for tid in range(8)]
+        # rule 3: each test input as each transform shows it (original colours), as canvases [slot * 8 + tid];
+        # rule 7: the known truths, hashed
+        self._shown = np.stack([canvas_of(np.ascontiguousarray(dihedral(x[None], tid)[0]))
+                                for x in self.slot_input for tid in range(8)]) if n else np.zeros((0, PADDED), np.uint8)
+        self._first = np.array([slots[0] for slots in self.task_slots], dtype=np.int64)  # per task
+        self._ntests = np.array([len(slots) for slots in self.task_slots], dtype=np.int64)
         self._known = np.array([g is not None for g in self.slot_truth] + [False], dtype=bool)
-        truths = [canvas_of(g) for g in self.slot_truth if g is not None]
-        keys = np.stack(grid_hashes(np.stack(shown + truths)), axis=1) if n else np.zeros((0, 2), np.uint64)
-        self._shown, self._truth = keys[:8 * n], np.zeros((n + 1, 2), dtype=np.uint64)
-        self._truth[np.flatnonzero(self._known)] = keys[8 * n:]
-        self._shown_group = np.repeat(np.array(self.slot_task, dtype=np.int64) * 8, 8) + np.tile(np.arange(8), n)
-        lookup = _lookup_key(self._shown_group, self._shown[:, 0])
-        self._lookup_entry = np.argsort(lookup, kind="stable")  # entry = slot * 8 + transform
-        self._lookup = lookup[self._lookup_entry]
+        truths = [canvas_of(np.zeros((0, 0), np.uint8) if g is None else g) for g in self.slot_truth + [None]]
+        self._truth = np.stack(grid_hashes(np.stack(truths)), axis=1)  # [slot, 2], unknown ones: never _known
         self._identical: dict[int, list[int]] = {}  # slot -> the slots of its task with the same input, if several
         for s in range(n):
             same = [x for x in self.task_slots[self.slot_task[s]] if (self._shown[8 * x] == self._shown[8 * s]).all()]
             if len(same) > 1:
                 self._identical[s] = same
+        self._twins = np.isin(np.arange(n + 1), list(self._identical))  # [slot], and False at -1
         self._occurrence: dict[tuple[int, int], int] = {}  # (identifier, first identical slot) -> rows seen
         # per identifier, filled when first seen: task (-1: not a test task), transform, colour table
         # (variant colour -> original colour + 1)
@@ -169,13 +163,12 @@ class Voter:
         self._learn(ids[ids != 0])
 
     def _learn(self, ids: np.ndarray) -> None:
-        new = np.flatnonzero(np.bincount(ids[~self._id_seen[ids]], minlength=self._id_seen.size))
+        new = ids[~self._id_seen[ids]]
         if new.size:
-            names, tids, mappings = parse_names([self.identifiers[i] for i in new.tolist()])
+            new = np.flatnonzero(np.bincount(new, minlength=self._id_seen.size))
+            names, self._id_tid[new], self._id_lut[new] = parse_names([self.identifiers[i] for i in new.tolist()])
             self._id_seen[new] = True
-            self._id_task[new] = np.fromiter((self._task_index.get(x, -1) for x in names), np.int64, new.size)
-            self._id_tid[new] = tids
-            self._id_lut[new] = np.argsort(mappings, axis=1) + 1
+            self._id_task[new] = np.fromiter(map(self._task_index.get, names, repeat(-1)), np.int64, new.size)
 
     def add(self, puzzle_identifiers, inputs, preds, q_halt_logits, positions=None, copy: bool = True) -> None:
         """Add one batch: identifiers [b], inputs/preds [b, 900] raw tokens, q_halt_logits [b].
@@ -213,7 +206,7 @@ class Voter:
         """The votes of one block of rows, all of test tasks."""
         slots = self._slots(ids, inputs, positions)
         h, w = crop_sizes(preds)  # rule 1
-        canvases, h, w = undo_dihedral(recolour(preds, h, w, self._id_lut[ids]), h, w, self._id_tid[ids])  # rule 2
+        canvases, h, w = undo_dihedral(recolour(preds, self._id_lut[ids], h, w), h, w, self._id_tid[ids])  # rule 2
         keep = (h > 0) & (slots >= 0)
         self.counts["empty_crops"] += int((h == 0).sum())
         self.counts["unmatched_predictions"] += int(((h > 0) & (slots < 0)).sum())
@@ -226,18 +219,17 @@ class Voter:
         """Rule 3: each row's slot, -1 where its input is no test input of its task.
 
         The input is compared in its variant's frame, which is the same comparison as transforms are one-to-one:
-        its crop, colours mapped back, against the task's test inputs as the variant's transform shows them.
+        its colours mapped back, against the task's test inputs as the variant's transform shows them. First the
+        whole field (tokens 0..11): equal to a test input's canvas, it has no colour outside that grid, so its
+        crop is that grid; the other rows are cropped first.
         """
-        task, tid = self._id_task[ids], self._id_tid[ids]
-        h, w = crop_sizes(inputs)
-        k1, k2 = grid_hashes(recolour(inputs, h, w, self._id_lut[ids]))
-        group = task * 8 + tid
-        at = np.searchsorted(self._lookup, _lookup_key(group, k1)).clip(max=max(self._lookup.size - 1, 0))
-        entry = self._lookup_entry[at]
-        found = (h > 0) & (self._shown_group[entry] == group) & (self._shown[entry, 0] == k1) \
-            & (self._shown[entry, 1] == k2)
-        slots = np.where(found, entry // 8, -1)
-        for r in np.flatnonzero(np.isin(slots, list(self._identical))).tolist():
+        task, tid, luts = self._id_task[ids], self._id_tid[ids], self._id_lut[ids]
+        slots = self._match(task, tid, recolour(inputs, luts)) if inputs.max(initial=0) < 12 else np.full(len(ids), -1)
+        miss = np.flatnonzero(slots < 0)
+        if miss.size:
+            h, w = crop_sizes(inputs[miss])
+            slots[miss] = self._match(task[miss], tid[miss], recolour(inputs[miss], luts[miss], h, w))
+        for r in np.flatnonzero(self._twins[slots]).tolist():
             same = self._identical[int(slots[r])]
             chosen = [s for s in same if positions is not None and self.slot_test[s] == int(positions[r])]
             if not chosen:  # by feeding order: the k-th such row of this identifier goes to the (k mod m)-th
@@ -246,6 +238,17 @@ class Voter:
                 self._occurrence[key] = seen + 1
                 chosen = [same[seen % len(same)]]
             slots[r] = chosen[0]
+        return slots
+
+    def _match(self, task, tid, canvases) -> np.ndarray:
+        """The first test input of each row's task that equals its canvas as the row's transform shows it; -1."""
+        words, shown = canvases.view(np.uint64), self._shown.view(np.uint64)
+        slots = np.where((words == shown[self._first[task] * 8 + tid]).all(axis=1), self._first[task], -1)
+        for j in range(1, int(self._ntests.max(initial=0))):
+            rows = np.flatnonzero((slots < 0) & (self._ntests[task] > j))
+            slot = self._first[task[rows]] + j
+            same = (words[rows] == shown[slot * 8 + tid[rows]]).all(axis=1)
+            slots[rows[same]] = slot[same]
         return slots
 
     def absorb(self, other: "Voter") -> None:

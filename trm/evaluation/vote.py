@@ -35,8 +35,8 @@ parse_variant = parse_variant_name  # (task, tid, mapping) of a variant name; th
 
 def _parse_names(names: list[str]):
     """parse_names in the earlier form (task names, run [m], tids, mappings), kept for its test: one run a name."""
-    tasks, tids, mappings = parse_names(names)
-    return tasks, np.arange(len(tasks)), tids, mappings
+    tasks, tids, luts = parse_names(names)
+    return tasks, np.arange(len(tasks)), tids, np.argsort(luts, axis=1).astype(np.uint8)
 
 
 def write_results(result: VoteResult, test_puzzles: dict, out_dir, title: str = "TRM evaluation") -> Path:
