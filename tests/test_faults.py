@@ -99,16 +99,9 @@ def source(tmp_path_factory) -> str:
 
 
 def _check_args(source: str, run_id: str, **changes) -> dict:
-    args = dict(s3_endpoint="", job_id="job-1", bucket="", run_prefix="tests/faults", run_id=run_id,
-                input_prefix=source, subsets=["training2", "evaluation2"], test_set_names=["evaluation2"],
-                train_only_subsets=[], num_aug=1, preset="cpu-tiny", hidden_size=32, num_heads=2, L_layers=1,
-                H_cycles=1, L_cycles=1, halt_max_steps=2, global_batch_size=8, epochs=1, eval_interval=1, lr=3e-3,
-                puzzle_emb_lr=3e-2, ema=False, train_overrides=["max_steps=3"], max_augmentations=0,
-                trainer_backend="local", nnodes=1, nproc_per_node=1, gpu_type="", node_selector={}, tolerations=[],
-                trainer_image="reg.example/trainer:1", namespace="", active_deadline_seconds=7 * 86400,
-                pending_timeout=1800, queue_name="")
-    args.update(changes)
-    return args
+    from test_components import check_args
+
+    return check_args(source, run_prefix="tests/faults", run_id=run_id, **changes)
 
 
 @pytest.mark.s3
