@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,28 @@ def copy_to_file(uri: str, path: str) -> None:
 
 
 def run_command(argv: list[str], env: dict[str, str] | None = None) -> None:
-    """Run a child process with this process's stdout/stderr; RuntimeError naming it when it fails."""
+    """Run a child process with this process's stdout/stderr; RuntimeError naming it when it fails.
+
+    A SIGTERM to this step (pod eviction, preemption, a cancelled run) is passed on to the child and the step
+    waits for it: the trainer then checkpoints the step it stopped at within the pod's grace period."""
+    import signal
     import subprocess
 
     log("running: " + " ".join(argv))
     merged = {**os.environ, **(env or {})}
-    done = subprocess.run(argv, env=merged, stdout=sys.stdout, stderr=sys.stderr, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv[0]} {' '.join(argv[1:3])} ... exited with status {done.returncode}")
+    child = subprocess.Popen(argv, env=merged, stdout=sys.stdout, stderr=sys.stderr)
+
+    def forward(signum, frame):  # noqa: ARG001
+        log(f"SIGTERM: passed on to {argv[0]} (pid {child.pid}); waiting for it to checkpoint and exit")
+        child.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward) if threading.current_thread() is threading.main_thread() else None
+    try:
+        code = child.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:
+            child.kill()
+    if code != 0:
+        raise RuntimeError(f"{argv[0]} {' '.join(argv[1:3])} ... exited with status {code}")

@@ -518,3 +518,36 @@ def test_export_submission_validates_and_publishes(s3_env, built, tmp_path):
     with pytest.raises(SubmissionError, match=f"task {missing}: missing"):
         export_submission.python_func(s3_endpoint="", submission=submission, dataset=dataset, model=model,
                                       run_root=root + "-bad", final=artifact(dsl.Artifact, tmp_path, "final2"))
+
+
+def test_run_command_passes_sigterm_on_and_waits_for_the_child(tmp_path):
+    """The in-pod trainer step gets SIGTERM (eviction, cancel): torchrun under it must get it too and have time to
+    checkpoint, instead of being killed with the step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "child.txt"
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import pathlib, signal, sys, time\n"
+        f"out = pathlib.Path({str(marker)!r})\n"
+        "def stop(signum, frame):\n"
+        "    time.sleep(0.5)  # 'writing a checkpoint'\n"
+        "    out.write_text('checkpointed')\n"
+        "    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "out.write_text('started')\n"
+        "time.sleep(60)\n"
+        "out.write_text('never signalled')\n")
+    step = subprocess.Popen([sys.executable, "-c", "import sys; from components.runtime import run_command; "
+                             f"run_command([sys.executable, {str(child)!r}])"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    step.send_signal(signal.SIGTERM)
+    out, _ = step.communicate(timeout=30)
+    assert marker.read_text() == "checkpointed", out
+    assert step.returncode != 0 and "exited with status 143" in out, out
