@@ -59,9 +59,13 @@ test-slow: $(VENV)/.installed ## Run only the slow tests
 bench: $(VENV)/.installed ## Run the CPU benchmarks in bench/ (prints ratios against baselines)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The compiled pipelines name the images `make build-images push` tags (REGISTRY, TAG) unless TRM_STEPS_IMAGE /
+# TRM_TRAINER_IMAGE are set.
 compile: $(VENV)/.installed ## Compile both KFP pipelines: pipeline.yaml (pretraining) and posttrain.yaml
-	$(PY) -m pipeline.compile --output pipeline.yaml
-	$(PY) -m pipeline.compile --pipeline posttrain --output posttrain.yaml
+	TRM_STEPS_IMAGE="$${TRM_STEPS_IMAGE:-$(STEPS_IMAGE)}" TRM_TRAINER_IMAGE="$${TRM_TRAINER_IMAGE:-$(TRAINER_IMAGE)}" \
+	  $(PY) -m pipeline.compile --output pipeline.yaml
+	TRM_STEPS_IMAGE="$${TRM_STEPS_IMAGE:-$(STEPS_IMAGE)}" TRM_TRAINER_IMAGE="$${TRM_TRAINER_IMAGE:-$(TRAINER_IMAGE)}" \
+	  $(PY) -m pipeline.compile --pipeline posttrain --output posttrain.yaml
 
 build-images: $(LOCAL_DEPS) ## Build the steps and trainer images (LOCAL_BASE=1: without Docker Hub; CPU trainer)
 	$(DOCKER) build $(LOCAL_ARGS) $(IMAGE_ARGS) -f images/steps.Dockerfile -t $(STEPS_IMAGE) .
