@@ -194,21 +194,23 @@ def local_mounts(params: dict[str, Any]) -> tuple[Path, ...]:
     return (Path(prefix).absolute().parent,)
 
 
-def run_pipeline(params: dict[str, Any], home: Path, chosen: Any = None) -> dict[str, Any]:
-    """Run `trm_pipeline(**params)` with kfp.local and the runner `chosen` (default: the subprocess runner; see
-    `runner()`); returns the run's `run.json` summary. Task outputs go under `$TRM_HOME/kfp`."""
+def run_pipeline(params: dict[str, Any], home: Path, chosen: Any = None, pipeline: Any = None) -> dict[str, Any]:
+    """Run `pipeline(**params)` (default: the pretraining `trm_pipeline`) with kfp.local and the runner `chosen`
+    (default: the subprocess runner; see `runner()`); returns the run's `run.json` summary. Task outputs go under
+    `$TRM_HOME/kfp`."""
     from kfp import local
 
     from components import runtime
-    from pipeline.dag import trm_pipeline
 
+    if pipeline is None:
+        from pipeline.dag import trm_pipeline as pipeline
     pipeline_root = home / "kfp"
     local.init(runner=chosen or runner("subprocess", pipeline_root), pipeline_root=str(pipeline_root),
                raise_on_error=True)
     with warnings.catch_warnings():
         for category, message in _QUIET:
             warnings.filterwarnings("ignore", message=message, category=category)
-        trm_pipeline(**params)
+        pipeline(**params)
     from trm.storage.config import S3Config
 
     root = runtime.run_root(params.get("bucket") or S3Config.from_env().bucket, params["run_prefix"],
@@ -289,18 +291,24 @@ def main(argv: list[str] | None = None) -> int:
     log(f"run {params['run_id']}: trainer {params['trainer_backend']}, preset {params['preset']}, "
         f"num_aug {params['num_aug']}, epochs {params['epochs']}, "
         + (f"steps in containers of {args.image}" if args.runner == "docker" else "steps as subprocesses"))
+    return execute(args, params, home, report)
+
+
+def execute(args, params: dict[str, Any], home: Path, printout, pipeline: Any = None) -> int:
+    """Run `pipeline` with the runner the options chose and print `printout(summary)`; 1 with the reason when the
+    runner is not available or a step failed."""
     try:
         chosen = runner(args.runner, home / "kfp", args.image, local_mounts(params))
     except RuntimeError as error:
         log(f"FAILED: {error}")
         return 1
     try:
-        summary = run_pipeline(params, home, chosen)
+        summary = run_pipeline(params, home, chosen, pipeline)
     except RuntimeError as error:  # kfp.local: "Pipeline '...' finished with status FAILURE ... task '...'"
         log(f"FAILED: {error}")
         log(f"task logs are above; task outputs under {home / 'kfp'}")
         return 1
-    print(report(summary), flush=True)
+    print(printout(summary), flush=True)
     return 0
 
 

@@ -19,8 +19,6 @@ epoch, and the checkpoint's model (a `make run` checkpoint is cpu-tiny); `--para
 from __future__ import annotations
 
 import datetime
-import warnings
-from pathlib import Path
 from typing import Any
 
 # The CPU post-training config of the local run: cfg_posttrain's schedule (embeddings first, then everything)
@@ -46,27 +44,6 @@ CPU_POSTTRAIN: dict[str, Any] = {
     "nnodes": 1,
     "nproc_per_node": 1,
 }
-
-
-def run_posttrain(params: dict[str, Any], home: Path, chosen: Any = None) -> dict[str, Any]:
-    """Run `posttrain_pipeline(**params)` with kfp.local and the runner `chosen` (default: the subprocess runner;
-    see `pipeline.local.runner()`); returns the run's `run.json` summary."""
-    from kfp import local
-
-    from components import runtime
-    from pipeline.local import _QUIET, runner
-    from pipeline.posttrain import posttrain_pipeline
-    from trm.storage.config import S3Config
-
-    local.init(runner=chosen or runner("subprocess", home / "kfp"), pipeline_root=str(home / "kfp"),
-               raise_on_error=True)
-    with warnings.catch_warnings():
-        for category, message in _QUIET:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        posttrain_pipeline(**params)
-    root = runtime.run_root(params.get("bucket") or S3Config.from_env().bucket, params["run_prefix"],
-                            params["run_id"])
-    return runtime.read_json(f"{root}/run.json")
 
 
 def report(summary: dict[str, Any]) -> str:
@@ -99,7 +76,7 @@ def report(summary: dict[str, Any]) -> str:
 
 def main(args, parser) -> int:
     """`python -m pipeline.local --pipeline posttrain ...` (the options parsed by pipeline/local.py)."""
-    from pipeline.local import local_mounts, log, runner, s3_environment, subset_source
+    from pipeline.local import execute, log, s3_environment, subset_source
     from pipeline.params import defaults, parse_params
     from trm.storage.config import trm_home
 
@@ -125,16 +102,6 @@ def main(args, parser) -> int:
     log(f"post-training run {params['run_id']}: checkpoint {params['checkpoint']}, preset {params['preset']}, "
         f"chunk_size {params['chunk_size']}, num_aug {params['num_aug']}, epochs {params['epochs']}, "
         f"final_checkpoint {params['final_checkpoint']}")
-    try:
-        chosen = runner(args.runner, home / "kfp", args.image, local_mounts(params))
-    except RuntimeError as error:
-        log(f"FAILED: {error}")
-        return 1
-    try:
-        summary = run_posttrain(params, home, chosen)
-    except RuntimeError as error:  # kfp.local: "Pipeline '...' finished with status FAILURE ... task '...'"
-        log(f"FAILED: {error}")
-        log(f"task logs are above; task outputs under {home / 'kfp'}")
-        return 1
-    print(report(summary), flush=True)
-    return 0
+    from pipeline.posttrain import posttrain_pipeline
+
+    return execute(args, params, home, report, posttrain_pipeline)
