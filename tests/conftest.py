@@ -74,6 +74,15 @@ def arc_dir(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny(fixtures_dir: Path) -> str:
+    """The reference's tiny dataset (reference-fixtures/tiny_dataset): 15 train puzzles, 21 test examples."""
+    path = fixtures_dir / "tiny_dataset"
+    if not (path / "train" / "dataset.json").is_file():
+        skip_or_fail(f"tiny dataset not found at {path}")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server (`weed mini`) on 127.0.0.1 for the whole session.
 

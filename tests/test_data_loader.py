@@ -16,11 +16,6 @@ from test_data_build import write_subset
 
 
 @pytest.fixture(scope="module")
-def tiny(fixtures_dir) -> str:
-    return str(fixtures_dir / "tiny_dataset")
-
-
-@pytest.fixture(scope="module")
 def two(arc_dir, tmp_path_factory) -> tuple[str, str]:
     """Two datasets with disjoint identifier ranges (and some puzzles with many examples)."""
     src = tmp_path_factory.mktemp("src")

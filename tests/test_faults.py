@@ -73,14 +73,6 @@ def unique(name: str) -> str:
     return f"s3://trm/faults/{name}-{os.urandom(4).hex()}"
 
 
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path) -> str:
-    path = fixtures_dir / "tiny_dataset"
-    if not (path / "train" / "dataset.json").is_file():
-        pytest.skip(f"tiny dataset not found at {path}")
-    return str(path)
-
-
 def _fake_steps(root: Path | str, steps: list[int], generation: str = "old-run") -> None:
     ck = Checkpoints(root, keep_last=10)
     ck.generation = generation

@@ -136,14 +136,6 @@ def _metrics(store: S3Store, run: str) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path) -> str:
-    path = fixtures_dir / "tiny_dataset"
-    if not (path / "train" / "dataset.json").is_file():
-        pytest.skip(f"tiny dataset not found at {path}")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def driver(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("driver") / "kill_driver.py"
     path.write_text(DRIVER)

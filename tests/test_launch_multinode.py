@@ -34,14 +34,6 @@ WORDS = ["preset=cpu-tiny", "global_batch_size=8", "micro_batch_size=null", "num
          "evaluators=[]", "checkpoint_every_n_steps=4"]
 
 
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path) -> str:
-    path = fixtures_dir / "tiny_dataset"
-    if not (path / "train" / "dataset.json").is_file():
-        pytest.skip(f"tiny dataset not found at {path}")
-    return str(path)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -28,14 +28,6 @@ BASE = ["preset=cpu-tiny", "arch.hidden_size=32", "global_batch_size=2", "micro_
         "run_name=levers"]
 
 
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path) -> str:
-    path = fixtures_dir / "tiny_dataset"
-    if not (path / "train" / "dataset.json").is_file():
-        pytest.skip(f"tiny dataset not found at {path}")
-    return str(path)
-
-
 def _train(tiny: str, run: Path, *extra: str):
     from trm.config import load_config
     from trm.train import Dist, Trainer

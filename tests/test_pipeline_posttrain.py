@@ -26,7 +26,7 @@ import yaml
 from kfp import dsl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_pipeline import SENTINELS, compile_in_subprocess  # noqa: E402
+from test_pipeline import SENTINELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "posttrain.yaml"

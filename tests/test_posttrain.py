@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from trm.config import load_config
 from trm.data.build import BuildConfig, build_dataset
-from trm.data.loader import Position, load_identifiers
+from trm.data.loader import load_identifiers
 from trm.train import Dist, Trainer, frozen_until_step
 
 from test_data_build import write_subset

@@ -97,14 +97,6 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in folder.glob("step-*") if (p / "meta.json").is_file())
 
 
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path) -> str:
-    path = fixtures_dir / "tiny_dataset"
-    if not (path / "train" / "dataset.json").is_file():
-        pytest.skip(f"tiny dataset not found at {path}")
-    return str(path)
-
-
 @pytest.mark.parametrize("world", [1, 2], ids=["one-process", "two-gloo-ranks"])
 def test_sigterm_checkpoints_the_step_and_resume_continues_exactly(tiny, tmp_path, world):
     args = [*ARGS, f"data_paths=[{tiny}]"]

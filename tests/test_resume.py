@@ -91,14 +91,6 @@ def _logged_steps(run: Path) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path, missing) -> str:
-    path = fixtures_dir / "tiny_dataset"
-    if not (path / "train" / "dataset.json").is_file():
-        missing(f"tiny dataset not found at {path}")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def init(tiny: str, tmp_path_factory) -> Path:
     """Starting weights (a reference-format state dict, given as load_checkpoint): the model's own init with a
     halting head of small random weights and bias 3 and random puzzle embeddings, so that the halting Q-logit is

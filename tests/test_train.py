@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -50,15 +49,6 @@ def _metrics(run_dir: Path) -> dict[int, dict[str, float]]:
         record = json.loads(line)
         out.setdefault(record["step"], {}).update(record)
     return out
-
-
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir: Path) -> str:
-    path = fixtures_dir / "tiny_dataset"
-    if not (path / "train" / "dataset.json").is_file():
-        pytest.skip(f"tiny dataset not found at {path}")
-    pytest.importorskip("trm.data.loader")
-    return str(path)
 
 
 def test_end_to_end_train_eval_checkpoint(tiny, tmp_path):

@@ -378,7 +378,9 @@ def master_view(core, kind: Kind, name: str, namespace: str) -> PodView:
 class LogFollower(threading.Thread):
     """Streams the master pod's trainer container log to `out`, one container run after another.
 
-    A stream that drops mid-way is reopened and the bytes already written are skipped, so each line appears once.
+    A stream that drops mid-way is reopened and the bytes already received are skipped, so each line appears once.
+    Only whole lines are written (a line cut by a drop waits for its end), so the launcher's own messages never
+    land inside a line of the log.
     """
 
     FINAL_PASSES = 3  # after the job ended: tries to read the last lines when a stream drops
@@ -387,7 +389,8 @@ class LogFollower(threading.Thread):
         super().__init__(name=f"logs-{name}", daemon=True)
         self.core, self.kind, self.job, self.namespace, self.out, self.poll = core, kind, name, namespace, out, poll
         self.stop = threading.Event()
-        self.sent: dict[tuple[str, int], int] = {}  # (pod uid, restart count) -> bytes written
+        self.sent: dict[tuple[str, int], int] = {}  # (pod uid, restart count) -> bytes received
+        self.partial: dict[tuple[str, int], bytes] = {}  # the received start of a line not yet written
         self.done: set[tuple[str, int]] = set()
         self.drops = 0
 
@@ -399,8 +402,19 @@ class LogFollower(threading.Thread):
                     return pod, status
         return None, None
 
+    def _write(self, data: bytes) -> None:
+        self.out.write(data.decode("utf-8", errors="replace"))
+        self.out.flush()
+
+    def _flush(self, key: tuple[str, int]) -> None:
+        """Write what is left of a run's log (its last line may have no newline)."""
+        rest = self.partial.pop(key, b"")
+        if rest:
+            self._write(rest)
+
     def _stream(self, pod, key: tuple[str, int], previous: bool = False) -> None:
-        """Write the log from byte `sent[key]` on, counting as it goes (a drop loses nothing, repeats nothing)."""
+        """Write the log's whole lines from byte `sent[key]` on, counting as it goes (a drop loses nothing,
+        repeats nothing)."""
         skip = self.sent.get(key, 0)
         seen = 0
         response = self.core.read_namespaced_pod_log(pod.metadata.name, self.namespace, container=self.kind.container,
@@ -411,8 +425,12 @@ class LogFollower(threading.Thread):
                 start = max(0, skip - seen)
                 seen += len(chunk)
                 if start < len(chunk):
-                    self.out.write(chunk[start:].decode("utf-8", errors="replace"))
-                    self.out.flush()
+                    data = self.partial.pop(key, b"") + chunk[start:]
+                    end = data.rfind(b"\n") + 1
+                    if end:
+                        self._write(data[:end])
+                    if end < len(data):
+                        self.partial[key] = data[end:]
                     self.sent[key] = seen
         finally:
             response.release_conn()
@@ -429,6 +447,7 @@ class LogFollower(threading.Thread):
         if restarts and (uid, restarts - 1) not in self.done:
             self._stream(pod, (uid, restarts - 1), previous=True)
             self.done.add((uid, restarts - 1))
+            self._flush((uid, restarts - 1))
         state = status.state
         key = (uid, restarts)
         if state is None or not (state.running or state.terminated) or key in self.done:
@@ -438,6 +457,7 @@ class LogFollower(threading.Thread):
         if (status_after is None or pod_after.metadata.uid != uid or (status_after.restart_count or 0) != restarts
                 or (status_after.state is not None and status_after.state.terminated is not None)):
             self.done.add(key)
+            self._flush(key)
         return sum(self.sent.values()) > before
 
     def run(self) -> None:
@@ -455,6 +475,8 @@ class LogFollower(threading.Thread):
             if final:
                 final_passes += 1
                 if not dropped or final_passes >= self.FINAL_PASSES:  # a drop in the last pass: read on from there
+                    for key in list(self.partial):
+                        self._flush(key)
                     return
                 continue
             if not wrote:
@@ -618,7 +640,6 @@ def follow(api_client, kind: Kind | str, name: str, namespace: str, *, timeout: 
            cancel: threading.Event | None = None, wake: threading.Event | None = None) -> JobResult:
     """Follow the job until it ends (see the module docstring); never raises for the job's outcome."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     kind = KINDS[kind] if isinstance(kind, str) else kind
     out = out or sys.stdout
