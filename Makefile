@@ -33,7 +33,7 @@ LOCAL_DEPS := base-image torch-wheel
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run run-containers test test-slow test-images bench compile build-images base-image torch-wheel push clean
+.PHONY: help venv run run-containers test test-slow mutations test-images bench compile build-images base-image torch-wheel push clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ test: $(VENV)/.installed ## Run the test suite (slow tests excluded)
 
 test-slow: $(VENV)/.installed ## Run only the slow tests
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+mutations: $(VENV)/.installed ## Break each headline claim on a scratch copy and check its tests fail (~3 min)
+	$(PY) tests/mutations.py $(ARGS)
 
 bench: $(VENV)/.installed ## Run the CPU benchmarks in bench/ (prints ratios against baselines)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

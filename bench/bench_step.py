@@ -280,7 +280,7 @@ class Runner:
         if spec.side == "ours":
             self.generator = torch.Generator(device=self.device).manual_seed(0)
             if optimizer:
-                from trm.optim import EMA, AdamATan2, SparseSignSGD
+                from trm.optim import AdamATan2, SparseSignSGD
 
                 dense = [p for p in model.parameters() if p.requires_grad]
                 self.optimizers = [AdamATan2(dense, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1),

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,7 +109,19 @@ def test_sigkill_during_saves_leaves_only_complete_folders(tmp_path):
         assert torch.equal(loaded["model.pt"]["w"], torch.full((300_000,), float(step)))
     # the next save of the restarted run cleans the dead process's temporaries
     _save(ckpts, steps[-1] + 1)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not left, f"killed writer pid {proc.pid}; left: {left}; {_holders(left)}"
+
+
+def _holders(names: list[str]) -> str:
+    """For a failure message: which live process, if any, has the pid written in each temporary's name."""
+    found = []
+    for name in names:
+        pid = name.rsplit("-", 2)[-2] if name.count("-") >= 2 else ""
+        cmd = Path(f"/proc/{pid}/cmdline")
+        found.append(f"pid {pid}: " + (cmd.read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+                                       if pid.isdigit() and cmd.exists() else "not running"))
+    return "; ".join(found)
 
 
 @pytest.mark.s3

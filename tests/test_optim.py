@@ -128,6 +128,7 @@ def _worker(rank, world, port, out):
         ids, targets = _data()
         weights = _sparse_steps(ids, targets, rank, world, all_gather_rows)
         torch.save(weights, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done before teardown (gloo can abort when one tears down mid-exchange)
     finally:
         dist.destroy_process_group()
 
