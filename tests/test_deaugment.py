@@ -21,35 +21,9 @@ import pytest
 
 from trm.evaluation.vote import Voter
 
-FORWARD = {  # spec section 3: ids of numpy operations on a 2-D grid
-    0: lambda a: a,
-    1: lambda a: np.rot90(a, 1),
-    2: lambda a: np.rot90(a, 2),
-    3: lambda a: np.rot90(a, 3),
-    4: np.fliplr,
-    5: np.flipud,
-    6: lambda a: a.T,
-    7: lambda a: np.fliplr(np.rot90(a, 1)),
-}
+from grids import FORWARD, augment, tokens
+
 IDENTITY = np.arange(10)
-
-
-def _tokens(grid: np.ndarray) -> np.ndarray:
-    """A grid on the 30x30 canvas at (0, 0): colours as tokens 2..11, an EOS (1) edge, PAD (0) elsewhere."""
-    g = np.asarray(grid, dtype=np.uint8)
-    canvas = np.zeros((30, 30), dtype=np.uint8)
-    h, w = g.shape
-    canvas[:h, :w] = g + 2
-    if h < 30:
-        canvas[h, :w] = 1
-    if w < 30:
-        canvas[:h, w] = 1
-    return canvas.reshape(-1)
-
-
-def _augment(grid, tid: int, mapping: np.ndarray) -> np.ndarray:
-    """Colours first, then the dihedral transform (spec section 3)."""
-    return np.ascontiguousarray(FORWARD[tid](mapping[np.asarray(grid)]))
 
 
 def _name(task: str, tid: int, mapping: np.ndarray) -> str:
@@ -81,9 +55,9 @@ def _write_dataset(root: Path, tasks: dict, tid: int, mapping: np.ndarray) -> di
             identifiers.append(task if variant == 0 else _name(task, t, m))
             pid = len(identifiers) - 1
             for j, pair in enumerate(puzzle["test"]):
-                x, y = _augment(pair["input"], t, m), _augment(pair["output"], t, m)
-                rows_in.append(_tokens(x))
-                rows_out.append(_tokens(y))
+                x, y = augment(pair["input"], t, m), augment(pair["output"], t, m)
+                rows_in.append(tokens(x))
+                rows_out.append(tokens(y))
                 row_ids.append(pid)
                 if variant == 1:
                     variant_rows.append((pid, j, x, y, task, j))
@@ -126,8 +100,8 @@ def test_one_prediction_in_the_augmented_frame_is_the_answer(tmp_path, tid, colo
     variant_rows = info["variant_rows"]
     ids = np.array([r[0] for r in variant_rows], np.int32)
     positions = np.array([r[1] for r in variant_rows], np.int64)
-    inputs = np.stack([_tokens(r[2]) for r in variant_rows])
-    preds = np.stack([_tokens(r[3]) for r in variant_rows])
+    inputs = np.stack([tokens(r[2]) for r in variant_rows])
+    preds = np.stack([tokens(r[3]) for r in variant_rows])
     q = np.zeros(ids.size, np.float32)
 
     voter = Voter.from_dataset(tmp_path)

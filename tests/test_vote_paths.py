@@ -10,25 +10,12 @@ import pytest
 from trm.evaluation import rules
 from trm.evaluation.rules import Voter
 
-FORWARD = {  # spec dihedral ids on a 2-D grid, written independently of the code under test
-    0: lambda a: a, 1: lambda a: np.rot90(a, 1), 2: lambda a: np.rot90(a, 2), 3: lambda a: np.rot90(a, 3),
-    4: np.fliplr, 5: np.flipud, 6: lambda a: a.T, 7: lambda a: np.fliplr(np.rot90(a, 1)),
-}
+from grids import FORWARD, tokens
+
 X0, X1 = [[1, 2, 3], [4, 5, 6]], [[7, 0], [8, 8], [9, 1]]
 Y0, Y1 = [[5, 5]], [[6], [6]]
 PUZZLES = {"t": {"train": [], "test": [{"input": X0, "output": Y0}, {"input": X1, "output": Y1}]}}
 MAPPING = np.r_[0, np.arange(9, 0, -1)]
-
-
-def tokens(grid, eos: bool = True) -> np.ndarray:
-    """A grid at the top-left of the 30x30 field, colours as tokens 2..11, with the EOS edges when `eos`."""
-    g = np.asarray(grid, dtype=np.uint8)
-    field = np.zeros((30, 30), dtype=np.uint8)
-    h, w = g.shape
-    field[:h, :w] = g + 2
-    if eos:
-        field[h, :w], field[:h, w] = 1, 1
-    return field.reshape(-1)
 
 
 def variant_rows(tid: int, edit=None):

@@ -12,26 +12,7 @@ from trm.data.augment import inverse_dihedral, parse_variant_name
 from trm.evaluation import rules
 from trm.evaluation.vote import Voter, crop_sizes, main as vote_main
 
-FORWARD = {  # spec dihedral ids on a 2-D grid, written independently of the code under test
-    0: lambda a: a, 1: lambda a: np.rot90(a, 1), 2: lambda a: np.rot90(a, 2), 3: lambda a: np.rot90(a, 3),
-    4: np.fliplr, 5: np.flipud, 6: lambda a: a.T, 7: lambda a: np.fliplr(np.rot90(a, 1)),
-}
-
-
-def tokens(grid) -> np.ndarray:
-    g = np.asarray(grid, dtype=np.uint8)
-    canvas = np.zeros((30, 30), dtype=np.uint8)
-    h, w = g.shape
-    canvas[:h, :w] = g + 2
-    if h < 30:
-        canvas[h, :w] = 1
-    if w < 30:
-        canvas[:h, w] = 1
-    return canvas.reshape(-1)
-
-
-def augment(grid, tid: int, mapping) -> np.ndarray:
-    return np.ascontiguousarray(FORWARD[tid](np.asarray(mapping, dtype=np.uint8)[np.asarray(grid, dtype=np.uint8)]))
+from grids import augment, tokens
 
 
 def crop(row: np.ndarray) -> np.ndarray:
