@@ -77,6 +77,21 @@ def _store():
     return S3Store.from_env()
 
 
+def check_store(root: str):
+    """The S3 store of the environment (endpoint and keys never come from parameters), reachable, with the bucket
+    of run root `root` in place; ValueError in one sentence otherwise."""
+    from trm.storage.config import S3Config
+
+    S3Config.from_env().require()
+    store = _store()
+    try:
+        store.check(timeout=15.0)
+        store.ensure_bucket(root[len("s3://"):].split("/", 1)[0])
+    except (ConnectionError, PermissionError, OSError) as error:
+        raise ValueError(f"S3 store: {error}") from None
+    return store
+
+
 def join(base: str, *parts: str) -> str:
     from trm.storage import join as _join
 

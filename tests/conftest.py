@@ -83,6 +83,23 @@ def tiny(fixtures_dir: Path) -> str:
 
 
 @pytest.fixture(scope="session")
+def three(arc_dir: Path, tmp_path_factory) -> str:
+    """A dataset of one evaluation2 task with exactly 3 demonstration pairs (num_aug 2), also its test set:
+    3 train examples per epoch."""
+    import json
+
+    from test_data_build import write_subset
+    from trm.data.build import BuildConfig, build_dataset
+
+    chal = json.loads((arc_dir / "arc-agi_evaluation2_challenges.json").read_text())
+    task = next(k for k, v in chal.items() if len(v["train"]) == 3)
+    prefix = write_subset(arc_dir, tmp_path_factory.mktemp("src3"), "evaluation2", "three", ids=[task])
+    out = tmp_path_factory.mktemp("out3") / "ds"
+    build_dataset(BuildConfig(prefix, str(out), ["three"], ["three"], num_aug=2, workers=1))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server (`weed mini`) on 127.0.0.1 for the whole session.
 

@@ -324,18 +324,6 @@ def test_iteration_resume_mid_iteration_and_ranks(two):
         TrainLoader(paths, B, seed=2, epochs_per_iter=3).load_state_dict(state)
 
 
-@pytest.fixture(scope="module")
-def three(arc_dir, tmp_path_factory) -> str:
-    """One evaluation task with exactly 3 demonstration pairs, as a test set: 3 train examples per epoch."""
-    chal = json.loads((arc_dir / "arc-agi_evaluation2_challenges.json").read_text())
-    task = next(k for k, v in chal.items() if len(v["train"]) == 3)
-    src = tmp_path_factory.mktemp("src3")
-    prefix = write_subset(arc_dir, src, "evaluation2", "three", ids=[task])
-    out = tmp_path_factory.mktemp("out3") / "ds"
-    build_dataset(BuildConfig(prefix, str(out), ["three"], ["three"], num_aug=2, workers=1))
-    return str(out)
-
-
 def test_a_set_smaller_than_a_batch_trains(three):
     meta = load_metadata([three], "train")
     assert meta.total_groups == 1 and meta.mean_puzzle_examples == 3

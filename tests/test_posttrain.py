@@ -78,18 +78,6 @@ def test_freeze_phase_moves_only_the_embeddings_then_the_trunk(fixtures_dir, tmp
 # -- small sets ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def three(arc_dir, tmp_path_factory) -> str:
-    """One evaluation task with exactly 3 demonstration pairs: 3 train examples per epoch."""
-    chal = json.loads((arc_dir / "arc-agi_evaluation2_challenges.json").read_text())
-    task = next(k for k, v in chal.items() if len(v["train"]) == 3)
-    src = tmp_path_factory.mktemp("src3")
-    prefix = write_subset(arc_dir, src, "evaluation2", "three", ids=[task])
-    out = tmp_path_factory.mktemp("out3") / "ds"
-    build_dataset(BuildConfig(prefix, str(out), ["three"], ["three"], num_aug=2, workers=1))
-    return str(out)
-
-
 def test_a_three_example_set_trains_at_global_batch_8(three, tmp_path):
     run = tmp_path / "run"
     cfg = load_config([*BASE, f"data_paths=[{three}]", f"run_dir={run}", "epochs=16", "eval_interval=8",

@@ -112,15 +112,7 @@ def run(params: dict, job_id: str) -> str:
         runtime.log(f"source {params['input_prefix']} subset {subset}: {len(tasks)} tasks")
 
     # The store: reachable, writable (the endpoint and keys come from the environment, never from parameters).
-    from trm.storage import S3Store
-
-    S3Config.from_env().require()
-    store = S3Store.from_env()
-    try:
-        store.check(timeout=15.0)
-        store.ensure_bucket(root[len("s3://"):].split("/", 1)[0])
-    except (ConnectionError, PermissionError, OSError) as error:
-        raise ValueError(f"S3 store: {error}") from None
+    runtime.check_store(root)
     # Run identity: the same run root with other dataset parameters is refused (naming them); other training
     # parameters make the trainer set the old checkpoints aside (trm.identity, docs/storage.md "Run identity").
     from trm.identity import claim_run_root

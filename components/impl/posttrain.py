@@ -200,7 +200,6 @@ def check(params: dict[str, Any], job_id: str) -> dict[str, Any]:
     from components.impl.check import train_overrides as make_words
     from components.impl.choose import CHOICES
     from trm.config import load_config
-    from trm.storage import S3Store
     from trm.storage.config import S3Config
     from trm.warmstart import read_pretrained
 
@@ -226,13 +225,7 @@ def check(params: dict[str, Any], job_id: str) -> dict[str, Any]:
     root = runtime.run_root(params["bucket"] or S3Config.from_env().bucket, params["run_prefix"],
                             params["run_id"] or job_id)
     # the store first: the checkpoint and the tasks may live there
-    S3Config.from_env().require()
-    store = S3Store.from_env()
-    try:
-        store.check(timeout=15.0)
-        store.ensure_bucket(root[len("s3://"):].split("/", 1)[0])
-    except (ConnectionError, PermissionError, OSError) as error:
-        raise ValueError(f"S3 store: {error}") from None
+    runtime.check_store(root)
 
     checkpoint, how = resolve_checkpoint(params["checkpoint"])
     try:
