@@ -56,7 +56,7 @@ test: $(VENV)/.installed ## Run the test suite (slow tests excluded)
 test-slow: $(VENV)/.installed ## Run only the slow tests
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-mutations: $(VENV)/.installed ## Break each headline claim on a scratch copy and check its tests fail (~3 min)
+mutations: $(VENV)/.installed ## Break each headline claim on a scratch copy and check its tests fail (about 4 min)
 	$(PY) tests/mutations.py $(ARGS)
 
 bench: $(VENV)/.installed ## Run the CPU benchmarks in bench/ (prints ratios against baselines)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from trm.data.augment import parse_variant_name
+from trm.data.augment import INVERSE_TRANSFORM, parse_variant_name
 
 GRID = 30
 SEQ_LEN = GRID * GRID
 PADDED = SEQ_LEN + 4
 SEPARATOR = "|||"
-DIHEDRAL_INVERSE: tuple[int, ...] = (0, 3, 2, 1, 4, 5, 6, 7)
+DIHEDRAL_INVERSE: tuple[int, ...] = INVERSE_TRANSFORM  # the builder's table: voting undoes what it applied
 _ROWS = np.arange(GRID)
 # _OUTSIDE[h * 31 + w]: 0 on the cells of the top-left h x w rectangle of the field, 255 elsewhere (and after it)
 _OUTSIDE = np.full(((GRID + 1) ** 2, PADDED), 255, dtype=np.uint8)
