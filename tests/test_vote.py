@@ -10,7 +10,7 @@ import pytest
 
 from trm.evaluation.vote import Voter, crop_sizes, load_dataset_files, main as vote_main, parse_variant
 
-from grids import augment, tokens
+from grids import augment, crop_size, tokens
 
 
 def name_of(task: str, tid: int, mapping) -> str:
@@ -85,19 +85,6 @@ def test_true_labels_score_one_on_tiny_dataset(fixtures_dir):
 # ------------------------------------------------------------------------- crop and de-augmentation
 
 
-def _crop_loop(row: np.ndarray) -> tuple[int, int]:
-    g = row.reshape(30, 30)
-    best, size, ncol = 0, (0, 0), 30
-    for r in range(30):
-        for c in range(ncol):
-            if not 2 <= g[r, c] <= 11:
-                ncol = c
-                break
-        if (r + 1) * ncol > best:
-            best, size = (r + 1) * ncol, (r + 1, ncol)
-    return size
-
-
 def test_crop_sizes_match_a_plain_loop():
     rng = np.random.default_rng(0)
     rows = []
@@ -112,7 +99,7 @@ def test_crop_sizes_match_a_plain_loop():
     rows.append(np.zeros(900, np.uint8))  # empty
     rows = np.stack(rows)
     h, w = crop_sizes(rows)
-    assert [(int(a), int(b)) for a, b in zip(h, w)] == [_crop_loop(r) for r in rows]
+    assert [(int(a), int(b)) for a, b in zip(h, w)] == [crop_size(r) for r in rows]
     assert (h[-2], w[-2]) == (30, 30) and (h[-1], w[-1]) == (0, 0)
 
 

@@ -12,21 +12,13 @@ from trm.data.augment import inverse_dihedral, parse_variant_name
 from trm.evaluation import rules
 from trm.evaluation.vote import Voter, crop_sizes, main as vote_main
 
-from grids import augment, tokens
+from grids import augment, crop_size, tokens
 
 
 def crop(row: np.ndarray) -> np.ndarray:
     """The crop, one cell at a time."""
-    g = row.reshape(30, 30)
-    best, size, ncol = 0, (0, 0), 30
-    for r in range(30):
-        for c in range(ncol):
-            if not 2 <= g[r, c] <= 11:
-                ncol = c
-                break
-        if (r + 1) * ncol > best:
-            best, size = (r + 1) * ncol, (r + 1, ncol)
-    return (g[:size[0], :size[1]] - 2).astype(np.uint8)
+    h, w = crop_size(row)
+    return (row.reshape(30, 30)[:h, :w] - 2).astype(np.uint8)
 
 
 def plain_vote(puzzles, names, ids, inputs, preds, q, positions=None, keep=10, ks=(1, 2, 5, 10, 100, 1000)):
